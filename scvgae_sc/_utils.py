@@ -1,0 +1,171 @@
+"""Shared input validation and small helpers used by every public function.
+
+Every check raises a :class:`ValueError` or :class:`TypeError` whose message names the problem and
+the fix, before anything in the caller's AnnData is modified.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from anndata import AnnData
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "check_adata",
+    "check_counts",
+    "check_finite",
+    "check_nonnegative",
+    "get_layer",
+    "seed_everything",
+    "to_dense_array",
+    "uns_entry",
+]
+
+
+def check_adata(adata: Any, *, inplace: bool = False, min_obs: int = 1, min_vars: int = 1) -> AnnData:
+    """Refuse what is not an in-memory, non-empty :class:`~anndata.AnnData`.
+
+    Parameters
+    ----------
+    adata
+        The object passed by the user.
+    inplace
+        Whether the caller is going to write into ``adata``. Views cannot be written into without
+        anndata silently turning them into copies, so an in-place call on a view is refused.
+    min_obs, min_vars
+        Minimum shape.
+    """
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"Expected an AnnData object, got {type(adata).__name__}. Wrap your matrix: `AnnData(X)`.")
+    if adata.isbacked:
+        raise ValueError(
+            "adata is backed (opened with backed='r'); this function needs the data in memory. "
+            "Load it with `adata = adata.to_memory()`."
+        )
+    if adata.n_obs < min_obs or adata.n_vars < min_vars:
+        raise ValueError(
+            f"adata has shape {adata.n_obs} × {adata.n_vars}; at least {min_obs} cells and {min_vars} genes are "
+            "needed. Check your filtering."
+        )
+    if inplace and adata.is_view:
+        raise ValueError(
+            "adata is a view (a subset such as `adata[mask]`); writing into it would silently copy it. "
+            "Pass `adata[mask].copy()`, or use `copy=True`."
+        )
+    return adata
+
+
+def get_layer(adata: AnnData, layer: str | None, *, what: str = "layer") -> np.ndarray | sparse.spmatrix:
+    """Return ``adata.layers[layer]`` (or ``X`` when ``layer is None``) with a helpful error if missing."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is None; pass `layer=` naming a layer that holds the data.")
+        return adata.X
+    if not isinstance(layer, str):
+        raise TypeError(f"`{what}` must be a layer name (str) or None, got {type(layer).__name__}.")
+    if layer not in adata.layers:
+        have = ", ".join(repr(k) for k in adata.layers) or "none"
+        hint = ""
+        if layer in ("normalized", "counts", "total", "sqrt", "log1p"):
+            hint = " Run `scvgae_sc.pp.normalize(adata)` first (it writes 'counts' and 'normalized')."
+        elif layer.startswith("masked"):
+            hint = " Run `scvgae_sc.pp.mask_dropouts(adata)` first."
+        raise ValueError(f"adata.layers has no {what} {layer!r} (layers present: {have}).{hint}")
+    return adata.layers[layer]
+
+
+def _values(X: np.ndarray | sparse.spmatrix) -> np.ndarray:
+    """The stored values of a matrix (``.data`` for sparse input)."""
+    if sparse.issparse(X):
+        return np.asarray(X.data)
+    return np.asarray(X)
+
+
+def check_finite(X: np.ndarray | sparse.spmatrix, name: str) -> None:
+    """Refuse NaN or infinite values."""
+    v = _values(X)
+    if not np.issubdtype(v.dtype, np.number) and v.dtype != bool:
+        raise TypeError(f"{name} has dtype {v.dtype}; a numeric matrix is needed.")
+    if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+        n_bad = int((~np.isfinite(v)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN or infinite values. Remove or replace them before calling this.")
+
+
+def check_nonnegative(X: np.ndarray | sparse.spmatrix, name: str) -> None:
+    """Refuse negative (or non-finite) values."""
+    check_finite(X, name)
+    v = _values(X)
+    if v.size and v.min() < 0:
+        raise ValueError(
+            f"{name} contains negative values (min {v.min():g}); expected non-negative expression. "
+            "Did you pass a scaled (z-scored) matrix? Use counts or a normalized layer instead."
+        )
+
+
+def check_counts(X: np.ndarray | sparse.spmatrix, name: str) -> None:
+    """Refuse anything that is not a matrix of non-negative integers (raw counts).
+
+    A full vectorized pass over the stored values: O(nnz), cheap next to anything we do with them.
+    """
+    check_nonnegative(X, name)
+    v = _values(X)
+    if np.issubdtype(v.dtype, np.floating) and v.size and not np.array_equal(v, np.round(v)):
+        frac = v[v != np.round(v)][:3]
+        raise ValueError(
+            f"{name} must hold raw counts (non-negative integers) but contains non-integer values "
+            f"(e.g. {', '.join(f'{x:g}' for x in frac)}). Pass the raw UMI counts, e.g. "
+            "`adata.layers['counts'] = raw_counts`, or recover them from `adata.raw`."
+        )
+
+
+def to_dense_array(X: np.ndarray | sparse.spmatrix, dtype: Any = np.float32) -> np.ndarray:
+    """A dense C-contiguous copy-if-needed of ``X`` as ``dtype``."""
+    if sparse.issparse(X):
+        X = X.toarray()
+    return np.ascontiguousarray(np.asarray(X), dtype=dtype)
+
+
+def seed_everything(random_state: int | None) -> np.random.Generator:
+    """Seed Python, NumPy and torch (if imported) from ``random_state``; return a NumPy generator.
+
+    ``None`` leaves the global seeds alone and returns an unseeded generator.
+    """
+    if random_state is None:
+        return np.random.default_rng()
+    if not isinstance(random_state, int | np.integer) or isinstance(random_state, bool):
+        raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}.")
+    random.seed(int(random_state))
+    np.random.seed(int(random_state) % 2**32)
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(int(random_state))
+    return np.random.default_rng(int(random_state))
+
+
+def uns_entry(adata: AnnData, section: str) -> dict:
+    """``adata.uns["scvgae_sc"][section]``, created if missing."""
+    from ._constants import UNS_KEY
+
+    root = adata.uns.setdefault(UNS_KEY, {})
+    return root.setdefault(section, {})
+
+
+def params_for_uns(params: Mapping[str, Any]) -> dict:
+    """Drop ``None`` values and turn tuples into lists, so ``write_h5ad`` can store the dict."""
+    out = {}
+    for k, v in params.items():
+        if v is None:
+            continue
+        if isinstance(v, tuple):
+            v = list(v)
+        out[k] = v
+    return out

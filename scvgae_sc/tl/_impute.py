@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from anndata import AnnData
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._constants import COUNTS, NORMALIZED, connectivities_key, latent_key
+from .._utils import check_adata, check_counts, check_nonnegative, get_layer, params_for_uns
+
+_METHODS = ("scvgae", "gnnimpute")
+
+
+@dataclass
+class ImputeResult:
+    """What a method runner hands back to :func:`impute` (tensors already converted to NumPy)."""
+
+    imputed: np.ndarray
+    latent: np.ndarray
+    history: dict[str, np.ndarray]
+    params: dict[str, Any]
+    graph: sparse.csr_matrix
+    graph_info: dict[str, Any]
+    device: str
+    extra_uns: dict[str, Any] = field(default_factory=dict)
+
+
+def layer_normalization(adata: AnnData, layer: str | None) -> str | None:
+    """How ``layer`` was made (``"sqrt"``, ``"log1p"``, ``"total"``), tracing masked layers to their source.
+
+    Returns ``None`` when unknown.
+    """
+    root = adata.uns.get("scvgae_sc", {})
+    for _ in range(4):  # masked layers point at the layer they were made from
+        if layer is None:
+            return None
+        norm = root.get("normalize", {}).get(layer)
+        if norm is not None:
+            return str(norm["method"])
+        masked = root.get("mask_dropouts", {}).get(layer)
+        if masked is None:
+            return None
+        layer = masked.get("layer")
+    return None
+
+
+def graph_from_key(adata: AnnData, graph_key: str) -> tuple[sparse.csr_matrix, dict]:
+    """The adjacency stored by :func:`scvgae_sc.pp.cell_graph` (or :func:`scanpy.pp.neighbors`) under ``graph_key``."""
+    if not isinstance(graph_key, str):
+        raise TypeError(f"graph_key must be a str, got {type(graph_key).__name__}.")
+    entry = adata.uns.get(graph_key)
+    ckey = entry.get("connectivities_key") if isinstance(entry, dict) else None
+    ckey = ckey or connectivities_key(graph_key)
+    if ckey not in adata.obsp:
+        have = ", ".join(repr(k) for k in adata.obsp) or "none"
+        raise ValueError(
+            f"No graph {graph_key!r}: adata.obsp has no {ckey!r} (obsp keys: {have}). "
+            f"Build it with `scvgae_sc.pp.cell_graph(adata, key_added={graph_key!r})`, or pass graph_key=None to let "
+            "the method build its own."
+        )
+    A = adata.obsp[ckey]
+    if A.shape != (adata.n_obs, adata.n_obs):
+        raise ValueError(f"Graph {ckey!r} has shape {A.shape}, but adata has {adata.n_obs} cells.")
+    A = sparse.csr_matrix(A, dtype=np.float32)
+    check_nonnegative(A, f"adata.obsp[{ckey!r}]")
+    info = {"key": graph_key}
+    if isinstance(entry, dict) and "params" in entry:
+        info["params"] = dict(entry["params"])
+    return A, info
+
+
+def impute(
+    adata: AnnData,
+    *,
+    method: Literal["scvgae", "gnnimpute"],
+    layer: str | None = NORMALIZED,
+    counts_layer: str = COUNTS,
+    key_added: str | None = None,
+    graph_key: str | None = None,
+    max_epochs: int | None = None,
+    device: str = "auto",
+    random_state: int | None = 0,
+    copy: bool = False,
+    **method_kwargs: Any,
+) -> AnnData | None:
+    """Impute dropouts with a graph neural network.
+
+    The one entry point for both methods:
+
+    ``"scvgae"``
+        scVGAE (Inoue, 2024): a GCN encoder with zero-inflated negative binomial heads, trained on
+        raw counts and on reconstructing ``layer``. See :func:`scvgae_sc.tl.scvgae_options` for its
+        options (passed as keyword arguments).
+    ``"gnnimpute"``
+        GNNImpute (Xu et al., 2021): two graph-attention layers on a kNN cell graph, trained with
+        early stopping on held-out cells. See :func:`scvgae_sc.tl.gnnimpute_options`.
+
+    The imputed matrix has the shape **and the scale** of ``layer``: a method may transform the data
+    internally but maps its output back. Nothing is written unless training finishes: an error or an
+    interrupt (:kbd:`Ctrl+C`) leaves ``adata`` as it was.
+
+    Do not use imputed values for differential expression or gene–gene correlation: imputation
+    borrows information across cells and genes, so such tests would count it twice.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with a normalized ``layer`` and raw counts in ``counts_layer``
+        (:func:`scvgae_sc.pp.normalize` writes both).
+    method
+        ``"scvgae"`` or ``"gnnimpute"``.
+    layer
+        Normalized layer to impute (``None``: ``X``). Non-negative.
+    counts_layer
+        Raw counts of the same cells and genes (non-negative integers).
+    key_added
+        Where results go; defaults to ``method``.
+    graph_key
+        Key of a graph from :func:`scvgae_sc.pp.cell_graph` to train on. ``None`` builds the
+        method's own graph (from ``layer``).
+    max_epochs
+        Maximum training epochs (``None``: the method's default, 100 for scVGAE, 3000 for
+        GNNImpute with early stopping).
+    device
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    random_state
+        Seed of everything random (weights, dropout, splits, masks). CPU runs with the same seed give
+        identical results.
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+    **method_kwargs
+        The method's own options.
+
+    Returns
+    -------
+    Returns `None` if `copy=False`, else a new :class:`~anndata.AnnData`. Sets the following fields
+    (``key = key_added or method``):
+
+    ``adata.layers[key]``
+        Imputed matrix (dense float32, same shape and scale as ``layer``).
+    ``adata.obsm[f'X_{key}']``
+        Latent representation of each cell.
+    ``adata.obsp[f'{key}_connectivities']``
+        The cell graph the model was trained on.
+    ``adata.uns[key]``
+        ``params``, ``history`` (per-epoch loss components as arrays), ``graph``, ``device``,
+        ``runtime_s`` and ``version``.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import scvgae_sc as sv
+    >>> adata = sv.datasets.pbmc68k()
+    >>> sv.pp.filter(adata)
+    >>> sv.pp.normalize(adata)
+    >>> sv.tl.impute(adata, method="scvgae")
+    >>> sc.pp.pca(adata, layer="scvgae")
+    """
+    check_adata(adata, inplace=not copy)
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+    key = method if key_added is None else key_added
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"key_added must be a non-empty str or None, got {key_added!r}.")
+    if max_epochs is not None and (not isinstance(max_epochs, int | np.integer) or max_epochs < 1):
+        raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}.")
+
+    X = get_layer(adata, layer)
+    lname = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+    check_nonnegative(X, lname)
+    counts = get_layer(adata, counts_layer, what="counts layer")
+    check_counts(counts, f"adata.layers[{counts_layer!r}]")
+    if counts.shape != X.shape:
+        raise ValueError(f"counts layer has shape {counts.shape} but {lname} has shape {X.shape}.")
+    graph = graph_from_key(adata, graph_key) if graph_key is not None else None
+
+    if method == "scvgae":
+        from ._scvgae import run_scvgae as runner
+    else:
+        from ._gnnimpute import run_gnnimpute as runner
+
+    start = logg.info(f"imputing with {method!r}")
+    t0 = time.perf_counter()
+    result: ImputeResult = runner(
+        X,
+        counts,
+        graph=graph,
+        normalization=layer_normalization(adata, layer),
+        max_epochs=max_epochs,
+        device=device,
+        random_state=random_state,
+        **method_kwargs,
+    )
+    runtime = time.perf_counter() - t0
+
+    from .. import __version__
+
+    if copy:
+        adata = adata.copy()
+    adata.layers[key] = result.imputed
+    adata.obsm[latent_key(key)] = result.latent
+    adata.obsp[connectivities_key(key)] = result.graph
+    params = params_for_uns(
+        {
+            "method": method,
+            "layer": layer,
+            "counts_layer": counts_layer,
+            "graph_key": graph_key,
+            "max_epochs": max_epochs,
+            "random_state": random_state,
+            **result.params,
+        }
+    )
+    adata.uns[key] = {
+        "params": params,
+        "history": {k: np.asarray(v) for k, v in result.history.items()},
+        "graph": params_for_uns(result.graph_info),
+        "device": result.device,
+        "runtime_s": float(runtime),
+        "version": __version__,
+        **result.extra_uns,
+    }
+    logg.info(
+        f"    finished ({runtime:.1f} s on {result.device})",
+        time=start,
+        deep=f"added {key!r} (adata.layers), {latent_key(key)!r} (adata.obsm), "
+        f"{connectivities_key(key)!r} (adata.obsp), {key!r} (adata.uns)",
+    )
+    return adata if copy else None

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pytest
+from scipy import sparse
+
+matplotlib.use("Agg")
+
+#: ``../shared/data`` beside the checkout (present in CI); override with SCVGAE_SC_DATA.
+SHARED_DATA = Path(os.environ.get("SCVGAE_SC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present (the shared data beside the checkout; set SCVGAE_SC_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def _pbmc68k_cached() -> ad.AnnData:
+    import scvgae_sc as sv
+
+    return sv.datasets.pbmc68k()
+
+
+@pytest.fixture
+def pbmc68k(_pbmc68k_cached) -> ad.AnnData:
+    """Real offline counts: 700 cells × 765 genes, 10 labeled types (a fresh copy per test)."""
+    return _pbmc68k_cached.copy()
+
+
+@pytest.fixture(scope="session")
+def _pbmc3k_cached() -> ad.AnnData:
+    return ad.read_h5ad(shared_file("pbmc3k.h5ad"))
+
+
+@pytest.fixture
+def pbmc3k(_pbmc3k_cached) -> ad.AnnData:
+    """pbmc3k raw counts from ../shared/data (2638 × 13714, 9 types)."""
+    return _pbmc3k_cached.copy()
+
+
+@pytest.fixture
+def toy_counts() -> ad.AnnData:
+    """A small seeded counts AnnData (120 cells × 60 genes, 3 groups, sparse int)."""
+    rng = np.random.default_rng(0)
+    n_cells, n_genes, n_groups = 120, 60, 3
+    groups = rng.integers(0, n_groups, n_cells)
+    base = rng.gamma(2.0, 1.0, n_genes)
+    shift = rng.lognormal(0, 1.0, (n_groups, n_genes))
+    mu = base[None, :] * shift[groups]
+    X = rng.poisson(mu).astype(np.int32)
+    adata = ad.AnnData(sparse.csr_matrix(X))
+    adata.obs_names = [f"cell{i}" for i in range(n_cells)]
+    adata.var_names = [f"gene{j}" for j in range(n_genes)]
+    adata.obs["cell_type"] = [f"type{g}" for g in groups]
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+    return adata
