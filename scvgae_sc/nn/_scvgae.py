@@ -1,0 +1,331 @@
+"""scVGAE: a (variational) graph autoencoder with ZINB heads and a reconstruction decoder.
+
+Torch only: tensors in, tensors out. ``scvgae_sc.tl.impute`` is the layer that translates AnnData.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch_geometric.nn import GCNConv, GraphNorm, SimpleConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from ._zinb import masked_mean, zinb_nll
+
+__all__ = ["SCVGAE", "scvgae_loss"]
+
+
+class SCVGAE(nn.Module):
+    r"""The scVGAE network (DESIGN section 2), built on PyG layers and a sparse graph.
+
+    Encoder: ``GCNConv(n_genes → hidden) → GraphNorm → ReLU → Dropout(0.2)`` gives ``Z``. With
+    ``variational=True`` two more GCN layers map it to ``mu`` / ``logvar`` (``hidden → n_latent``); ``Z`` is a
+    reparameterized sample in training and ``mu`` in evaluation, and a per-cell KL term is returned.
+
+    Three heads map ``Z`` to per-gene ZINB parameters: the normalized mean ``M = exp(·)``, the dropout logits
+    ``Π`` (probability ``sigmoid(Π)``) and the inverse dispersion ``Θ = exp(·)``; the exponent's argument is
+    clamped to ``[-log_clamp, log_clamp]`` (default 15) so neither can overflow. ``heads="gcn"`` (the paper)
+    makes each head a GCN layer; it is computed as one GCN propagation of ``Z`` followed by one linear map per
+    head, which is the same function (``Â (Z W) + b = (Â Z) W + b``) but propagates ``hidden`` instead of
+    ``3 × n_genes`` channels along the edges. ``heads="linear"`` skips the propagation.
+
+    Decoder: ``Linear(in → 1024) → BatchNorm1d → ReLU → Dropout(0.4) → Linear(1024 → n_genes) → ReLU`` gives
+    ``X̂``, where the input is the ZINB mean ``M`` (``decoder_input="mean"``, the paper) or ``Z``
+    (``decoder_input="latent"``, cheaper: ``hidden`` instead of ``n_genes`` inputs).
+
+    Add-back (``add_back=True``, the paper): ``recon = X̂ + BatchNorm1d(n_genes)(X) + cellnorm(X)``, where
+    ``cellnorm`` standardizes each cell's row across genes and applies a learnable per-cell scale and shift
+    (``nn.Embedding(n_cells, 1)`` each, initialized to 1 and 0, indexed by ``cell_index``). This is what the
+    published ``BatchNorm1d(n_cells)`` over ``Xᵀ`` computes in training; unlike it, the statistics are always
+    those of the cell's own row (a cell's row is complete in every batch), so training and evaluation agree
+    and mini-batches work.
+
+    Graph convention (PyG): ``edge_index[0]`` are sources (neighbours), ``edge_index[1]`` targets (the cell
+    that aggregates). Normalization is GCNConv's own: self loops added (``add_remaining_self_loops``, weight
+    1 where missing) and ``D^-1/2 (A + I) D^-1/2`` with the edge weights; it is computed once per forward and
+    shared by all GCN layers. ``cached=True`` keeps it between calls (full-batch training on one fixed graph
+    only; leave ``False`` for mini-batches).
+
+    Parameters
+    ----------
+    n_genes
+        Number of input (and output) genes.
+    n_cells
+        Number of cells of the training data; needed by the per-cell add-back term (``add_back=True``).
+    hidden
+        Width of the GCN encoder output ``Z``.
+    variational
+        Add ``mu`` / ``logvar`` GCN layers, reparameterization and a KL term.
+    n_latent
+        Latent width of the variational model (default ``hidden``); ignored otherwise.
+    decoder_input
+        ``"mean"`` (decode from the ZINB mean ``M``, the paper) or ``"latent"`` (decode from ``Z``).
+    heads
+        ``"gcn"`` (the paper) or ``"linear"``.
+    add_back
+        Add the gene-wise and cell-wise normalized input to the decoder output.
+    decoder_hidden
+        Width of the decoder's hidden layer.
+    dropout_encoder, dropout_decoder
+        Dropout rates after the encoder and inside the decoder.
+    log_clamp
+        Bound on the log of ``M`` and ``Θ`` (and on ``logvar`` at ``min(log_clamp, 10)``).
+    cached
+        Cache the GCN normalization of the first graph seen.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_cells: int | None = None,
+        *,
+        hidden: int = 128,
+        variational: bool = False,
+        n_latent: int | None = None,
+        decoder_input: Literal["mean", "latent"] = "mean",
+        heads: Literal["gcn", "linear"] = "gcn",
+        add_back: bool = True,
+        decoder_hidden: int = 1024,
+        dropout_encoder: float = 0.2,
+        dropout_decoder: float = 0.4,
+        log_clamp: float = 15.0,
+        cached: bool = False,
+    ) -> None:
+        super().__init__()
+        if decoder_input not in ("mean", "latent"):
+            raise ValueError(f"decoder_input must be 'mean' or 'latent', got {decoder_input!r}.")
+        if heads not in ("gcn", "linear"):
+            raise ValueError(f"heads must be 'gcn' or 'linear', got {heads!r}.")
+        if add_back and (n_cells is None or n_cells < 1):
+            raise ValueError(
+                "add_back=True needs n_cells (the number of training cells) for its per-cell scale and shift; "
+                "pass n_cells=adata.n_obs, or add_back=False."
+            )
+        self.n_genes = int(n_genes)
+        self.n_cells = None if n_cells is None else int(n_cells)
+        self.hidden = int(hidden)
+        self.variational = bool(variational)
+        self.n_latent = int(n_latent) if (variational and n_latent is not None) else self.hidden
+        self.decoder_input = decoder_input
+        self.heads_kind = heads
+        self.add_back = bool(add_back)
+        self.log_clamp = float(log_clamp)
+        self.cached = bool(cached)
+        self._cached_graph: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        # Encoder. Normalization is done once in forward (gcn_norm), hence normalize=False here.
+        self.gcn = GCNConv(self.n_genes, self.hidden, normalize=False, add_self_loops=False)
+        self.graph_norm = GraphNorm(self.hidden)
+        self.dropout_encoder = nn.Dropout(dropout_encoder)
+        if self.variational:
+            self.gcn_mu = GCNConv(self.hidden, self.n_latent, normalize=False, add_self_loops=False)
+            self.gcn_logvar = GCNConv(self.hidden, self.n_latent, normalize=False, add_self_loops=False)
+
+        # ZINB heads: mean, dropout logits, dispersion, fused into one (n_latent → 3 · n_genes) map.
+        self.propagate = SimpleConv(aggr="sum") if heads == "gcn" else None
+        self.zinb_heads = nn.Linear(self.n_latent, 3 * self.n_genes)
+
+        # Reconstruction decoder.
+        dec_in = self.n_genes if decoder_input == "mean" else self.n_latent
+        self.decoder = nn.Sequential(
+            nn.Linear(dec_in, decoder_hidden),
+            nn.BatchNorm1d(decoder_hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout_decoder),
+            nn.Linear(decoder_hidden, self.n_genes),
+            nn.ReLU(),
+        )
+
+        if self.add_back:
+            self.gene_norm = nn.BatchNorm1d(self.n_genes)
+            self.cell_scale = nn.Embedding(self.n_cells, 1)
+            self.cell_shift = nn.Embedding(self.n_cells, 1)
+            nn.init.ones_(self.cell_scale.weight)
+            nn.init.zeros_(self.cell_shift.weight)
+
+    # ------------------------------------------------------------------ graph
+    def normalize_graph(
+        self, edge_index: torch.Tensor, edge_weight: torch.Tensor | None, num_nodes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GCN normalization ``D^-1/2 (A + I) D^-1/2`` of a sparse graph (cached when ``cached=True``)."""
+        if self.cached and self._cached_graph is not None:
+            return self._cached_graph
+        if edge_weight is not None:
+            edge_weight = edge_weight.float()
+        ei, ew = gcn_norm(edge_index, edge_weight, num_nodes, add_self_loops=True)
+        if self.cached:
+            self._cached_graph = (ei, ew)
+        return ei, ew
+
+    def reset_cache(self) -> None:
+        """Forget the cached graph normalization."""
+        self._cached_graph = None
+
+    # ---------------------------------------------------------------- pieces
+    def encode(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run the encoder only: ``{"z"}`` plus ``{"z_mu", "z_logvar"}`` when variational."""
+        ei, ew = self.normalize_graph(edge_index, edge_weight, x.shape[0])
+        return self._encode(x, ei, ew)
+
+    def _encode(self, x: torch.Tensor, ei: torch.Tensor, ew: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.gcn(x, ei, ew)
+        h = self.dropout_encoder(torch.relu(self.graph_norm(h)))
+        if not self.variational:
+            return {"z": h}
+        mu = self.gcn_mu(h, ei, ew)
+        logvar = self.gcn_logvar(h, ei, ew).clamp(-min(self.log_clamp, 10.0), min(self.log_clamp, 10.0))
+        if self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        else:
+            z = mu
+        return {"z": z, "z_mu": mu, "z_logvar": logvar}
+
+    def _cell_norm(self, x: torch.Tensor, cell_index: torch.Tensor | None) -> torch.Tensor:
+        if cell_index is None:
+            if x.shape[0] != self.n_cells:
+                raise ValueError(
+                    f"x has {x.shape[0]} rows but the model was built for n_cells={self.n_cells}; pass "
+                    "cell_index (the rows' positions among the training cells) for a mini-batch."
+                )
+            cell_index = torch.arange(x.shape[0], device=x.device)
+        xf = x.float()
+        mean = xf.mean(dim=1, keepdim=True)
+        var = xf.var(dim=1, unbiased=False, keepdim=True)
+        standardized = (xf - mean) * torch.rsqrt(var + 1e-5)
+        return standardized * self.cell_scale(cell_index) + self.cell_shift(cell_index)
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_weight: torch.Tensor | None = None,
+        cell_index: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run the network.
+
+        Parameters
+        ----------
+        x
+            ``(n, n_genes)`` normalized expression (the model input and the MSE target).
+        edge_index
+            ``(2, n_edges)`` graph over the ``n`` rows (PyG convention).
+        edge_weight
+            ``(n_edges,)`` edge weights, or ``None`` for 1.
+        cell_index
+            ``(n,)`` positions of the rows among the ``n_cells`` training cells (for the per-cell add-back);
+            ``None`` means ``arange(n)`` and requires ``n == n_cells``.
+
+        Returns
+        -------
+        A dict with ``"recon"`` ``(n, n_genes)`` (decoder output after add-back), ``"mean"`` (normalized ZINB
+        mean ``M``; multiply by size factors for counts), ``"pi_logits"``, ``"theta"``, ``"z"`` ``(n, latent)``
+        and, when variational, ``"z_mu"``, ``"z_logvar"`` and ``"kl"`` (``(n,)``, the KL divergence of each
+        cell's posterior from ``N(0, I)``, summed over latent dimensions).
+        """
+        ei, ew = self.normalize_graph(edge_index, edge_weight, x.shape[0])
+        out = self._encode(x, ei, ew)
+        z = out["z"]
+
+        h = self.propagate(z, ei, ew) if self.propagate is not None else z
+        raw = self.zinb_heads(h).float()
+        log_mean, pi_logits, log_theta = raw.split(self.n_genes, dim=1)
+        c = self.log_clamp
+        mean = torch.exp(log_mean.clamp(-c, c))
+        theta = torch.exp(log_theta.clamp(-c, c))
+
+        recon = self.decoder(mean if self.decoder_input == "mean" else z).float()
+        if self.add_back:
+            recon = recon + self.gene_norm(x).float() + self._cell_norm(x, cell_index)
+
+        out.update(recon=recon, mean=mean, pi_logits=pi_logits, theta=theta)
+        if self.variational:
+            mu, logvar = out["z_mu"].float(), out["z_logvar"].float()
+            out["kl"] = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+        return out
+
+    def loss(
+        self,
+        out: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        counts: torch.Tensor | None,
+        size_factors: torch.Tensor | None,
+        **kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """:func:`scvgae_loss` on this model's output (same arguments)."""
+        return scvgae_loss(out, x, counts, size_factors, **kwargs)
+
+
+def scvgae_loss(
+    out: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    counts: torch.Tensor | None,
+    size_factors: torch.Tensor | None,
+    *,
+    alpha: float = 0.05,
+    kl_weight: float = 1.0,
+    recon_mask: torch.Tensor | None = None,
+    zinb_mask: torch.Tensor | None = None,
+    kl_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    r"""Compute the scVGAE objective ``alpha · MSE + (1 - alpha) · ZINB-NLL + kl_weight · KL`` (mean-reduced).
+
+    - ``recon``: mean squared error of ``out["recon"]`` against ``x`` (normalized scale).
+    - ``zinb``: ZINB negative log-likelihood of the raw ``counts`` given mean ``size_factors · out["mean"]``,
+      ``out["theta"]`` and ``out["pi_logits"]``, averaged over entries (the published code's swapped
+      arguments, rounding and normalized-scale target are deliberately not reproduced).
+    - ``kl`` (variational models): the per-cell KL of :class:`SCVGAE`, averaged over cells and divided by
+      ``n_genes``, so that with ``alpha=0`` and ``kl_weight=1`` the objective is the negative ELBO per matrix
+      entry.
+
+    Parameters
+    ----------
+    out
+        Output of :meth:`SCVGAE.forward` (possibly sliced to a subset of rows).
+    x
+        ``(n, n_genes)`` reconstruction target (the normalized input).
+    counts
+        ``(n, n_genes)`` raw counts; may be ``None`` when ``alpha == 1``.
+    size_factors
+        ``(n,)`` or ``(n, 1)`` per-cell size factors (library size / median library size); ``None`` means 1.
+    alpha
+        Weight of the MSE term; ``1 - alpha`` weighs the ZINB term. ``alpha=1`` turns ZINB off,
+        ``alpha=0`` turns the reconstruction off (ablations). A term with weight 0 is not computed.
+    kl_weight
+        Weight of the KL term (variational models only); 0 turns it off.
+    recon_mask, zinb_mask, kl_mask
+        Boolean or weight masks broadcastable to ``(n, n_genes)`` (``kl_mask`` to ``(n,)``) selecting the
+        entries each term is averaged over — e.g. the entries hidden from the input in self-supervised
+        masking, or ``(n, 1)`` for the training cells. ``None`` averages over everything.
+
+    Returns
+    -------
+    A dict of scalar tensors: ``"loss"`` and the unweighted components that were computed among
+    ``"recon"``, ``"zinb"`` and ``"kl"``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    components: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=out["recon"].device)
+    if alpha > 0:
+        se = (out["recon"].float() - x.float()).pow(2)
+        components["recon"] = masked_mean(se, recon_mask)
+        total = total + alpha * components["recon"]
+    if alpha < 1:
+        if counts is None:
+            raise ValueError("counts are needed for the ZINB term; pass them, or alpha=1 to turn ZINB off.")
+        mean = out["mean"].float()
+        if size_factors is not None:
+            sf = size_factors.float()
+            mean = mean * (sf.unsqueeze(1) if sf.dim() == 1 else sf)
+        nll = zinb_nll(counts.float(), mean, out["theta"].float(), out["pi_logits"].float(), reduction="none")
+        components["zinb"] = masked_mean(nll, zinb_mask)
+        total = total + (1 - alpha) * components["zinb"]
+    if "kl" in out and kl_weight > 0:
+        components["kl"] = masked_mean(out["kl"].float(), kl_mask) / out["mean"].shape[1]
+        total = total + kl_weight * components["kl"]
+    return {"loss": total, **components}

@@ -1,0 +1,331 @@
+"""A small, general training loop shared by every model: Adam, history, early stopping, seeding, bf16."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["Trainer", "resolve_device"]
+
+T = TypeVar("T")
+Components = Mapping[str, torch.Tensor]
+StepResult = Components | torch.Tensor | Iterable[Components | torch.Tensor]
+
+_PRECISIONS = {"32": None, "32-true": None, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn a user's ``device`` argument into a :class:`torch.device`, refusing what is not there.
+
+    Parameters
+    ----------
+    device
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a
+        :class:`torch.device`.
+
+    Returns
+    -------
+    The device.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or a CUDA / MPS device this machine does not have.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}.")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device.") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} was requested but CUDA is not available (torch {torch.__version__}, "
+                "CUDA build: {}). Use device='cpu' or 'auto', or install a CUDA build of torch.".format(
+                    torch.version.cuda or "no"
+                )
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist."
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device={device!r} was requested but MPS is not available. Use device='cpu'.")
+    elif dev.type != "cpu":
+        raise ValueError(f"Unsupported device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+    return dev
+
+
+def _seed(random_state: int) -> None:
+    random.seed(random_state)
+    np.random.seed(random_state % 2**32)
+    torch.manual_seed(random_state)
+
+
+def _as_components(result: Components | torch.Tensor) -> Components:
+    if isinstance(result, torch.Tensor):
+        return {"loss": result}
+    if not isinstance(result, Mapping) or "loss" not in result:
+        raise TypeError("A training step must return a tensor or a dict of scalar tensors with a 'loss' key.")
+    return result
+
+
+class Trainer:
+    """Full-batch or mini-batch training of a torch module with Adam.
+
+    The trainer knows nothing about the model: the caller passes a ``train_step`` that computes the loss,
+    so the same loop serves scVGAE, GNNImpute, mini-batch and data-parallel training.
+
+    Parameters
+    ----------
+    module
+        The model; moved to ``device`` on construction. May be a ``DistributedDataParallel`` wrapper.
+    lr, weight_decay
+        Adam's learning rate and (L2) weight decay.
+    max_epochs
+        Upper bound on the number of epochs.
+    device
+        See :func:`resolve_device`. Data is the caller's: move it to :attr:`device` in ``train_step``.
+    early_stopping
+        Stop after ``patience`` epochs without an improvement larger than ``min_delta`` of the monitored loss
+        (``val_loss`` when a ``val_step`` is given, else the training ``loss``), then restore the best weights.
+    patience, min_delta
+        Early-stopping settings.
+    progress_bar
+        Show a tqdm progress bar with the current loss.
+    random_state
+        Seeds Python, NumPy and torch at the start of :meth:`fit` (``None``: leave them alone). On CPU two fits
+        of identically initialized modules with the same seed are bit-identical; on CUDA, scatter operations
+        are not deterministic. Weight initialization happens when the module is built: seed before that.
+    precision
+        ``"32"`` (float32) or ``"bf16"`` (forward and loss under :func:`torch.autocast` with bfloat16, on CPU
+        or CUDA; weights, gradients and the optimizer stay float32).
+    gradient_clip_val
+        Clip the gradients' global norm to this value (``None``: no clipping).
+    restore_best_weights
+        Load the best epoch's weights at the end; defaults to ``early_stopping``.
+
+    Attributes
+    ----------
+    history
+        The history of the last :meth:`fit` (also returned by it), kept even when training is interrupted.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        lr: float,
+        max_epochs: int,
+        weight_decay: float = 0.0,
+        device: str | torch.device = "auto",
+        early_stopping: bool = False,
+        patience: int = 20,
+        min_delta: float = 0.0,
+        progress_bar: bool = True,
+        random_state: int | None = 0,
+        precision: Literal["32", "bf16"] = "32",
+        gradient_clip_val: float | None = None,
+        restore_best_weights: bool | None = None,
+    ) -> None:
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}.")
+        if max_epochs < 0:
+            raise ValueError(f"max_epochs must be >= 0, got {max_epochs}.")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}.")
+        self.device = resolve_device(device)
+        self.module = module.to(self.device)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.max_epochs = int(max_epochs)
+        self.early_stopping = bool(early_stopping)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.progress_bar = bool(progress_bar)
+        self.random_state = random_state
+        self.precision = precision
+        self.gradient_clip_val = gradient_clip_val
+        self.restore_best_weights = early_stopping if restore_best_weights is None else bool(restore_best_weights)
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.history: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self) -> Any:
+        """Return the autocast context of the chosen precision (a no-op for ``"32"``)."""
+        dtype = _PRECISIONS[self.precision]
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def predict(self, fn: Callable[[nn.Module], T], *, autocast: bool = False) -> T:
+        """``fn(module)`` in evaluation mode without gradients; the module's mode is restored afterwards.
+
+        ``autocast=True`` also applies the training precision (float32 otherwise).
+        """
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.autocast() if autocast else nullcontext():
+                return fn(self.module)
+        finally:
+            self.module.train(was_training)
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def _step(self, components: Components) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        components["loss"].backward()
+        if self.gradient_clip_val is not None:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.gradient_clip_val)
+        self.optimizer.step()
+
+    def _train_epoch(self, train_step: Callable[[nn.Module, int], StepResult], epoch: int) -> dict[str, float]:
+        sums: dict[str, torch.Tensor] = {}
+        n_steps = 0
+
+        def record(result: Components | torch.Tensor) -> None:
+            nonlocal n_steps
+            components = _as_components(result)
+            self._step(components)
+            for k, v in components.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+            n_steps += 1
+
+        with self.autocast():
+            result = train_step(self.module, epoch)
+        if isinstance(result, torch.Tensor | Mapping):
+            record(result)
+        else:
+            iterator: Iterator = iter(result)
+            while True:
+                with self.autocast():
+                    try:
+                        batch = next(iterator)
+                    except StopIteration:
+                        break
+                record(batch)
+        if n_steps == 0:
+            raise ValueError(f"train_step yielded no batch in epoch {epoch}.")
+        return {k: float(v) / n_steps for k, v in sums.items()}
+
+    def _validate(self, val_step: Callable[[nn.Module], Components | torch.Tensor]) -> dict[str, float]:
+        self.module.eval()
+        with torch.no_grad(), self.autocast():
+            components = _as_components(val_step(self.module))
+        return {k: float(v.detach().float()) for k, v in components.items()}
+
+    # ---------------------------------------------------------------------- fit
+    def fit(
+        self,
+        train_step: Callable[[nn.Module, int], StepResult],
+        val_step: Callable[[nn.Module], Components | torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Train for up to ``max_epochs`` epochs.
+
+        Parameters
+        ----------
+        train_step
+            ``train_step(module, epoch)`` runs the forward pass and loss (in training mode, under the chosen
+            precision) and returns either a dict of scalar tensors with a ``"loss"`` key (or the loss tensor):
+            one optimizer step per epoch (full batch); or an iterable (e.g. a generator) of such dicts: one
+            optimizer step per item (mini-batches), each item computed lazily after the previous step. The
+            epoch's components are the means over its steps.
+        val_step
+            ``val_step(module)``, called after each epoch in evaluation mode without gradients, returns a dict
+            with ``"loss"`` (or the loss tensor).
+
+        Returns
+        -------
+        The history (also kept as :attr:`history`): for each component ``k`` of the training step a list
+        ``history[k]`` of per-epoch floats, ``history[f"val_{k}"]`` for validation (``"val_loss"``),
+        ``"epoch"``; and the scalars ``"monitor"`` (the key early stopping watches), ``"best_epoch"``
+        (0-based, the best monitored epoch, -1 if none finished), ``"n_epochs"`` (epochs completed),
+        ``"stopped_epoch"`` (last epoch run, -1 if none), ``"stopped_early"`` and ``"interrupted"``.
+
+        Raises
+        ------
+        KeyboardInterrupt
+            Re-raised after a clean stop: the history is kept in :attr:`history` (``"interrupted": True``) and,
+            when best weights are restored (``early_stopping``), they are loaded first. The caller can then
+            leave its data untouched.
+        FloatingPointError
+            When the loss becomes NaN or infinite (best weights restored first, when enabled).
+        """
+        if self.random_state is not None:
+            _seed(int(self.random_state))
+        monitor = "val_loss" if val_step is not None else "loss"
+        history: dict[str, Any] = {"epoch": []}
+        meta = {"monitor": monitor, "best_epoch": -1, "n_epochs": 0, "stopped_epoch": -1}
+        meta.update(stopped_early=False, interrupted=False)
+        self.history = history
+        history.update(meta)
+        best, best_state, wait = math.inf, None, 0
+
+        def finish() -> None:
+            if self.restore_best_weights and best_state is not None:
+                self.module.load_state_dict(best_state)
+
+        bar = tqdm(range(self.max_epochs), desc="Training", unit="epoch", disable=not self.progress_bar)
+        try:
+            for epoch in bar:
+                self.module.train()
+                train = self._train_epoch(train_step, epoch)
+                val = self._validate(val_step) if val_step is not None else {}
+                history["epoch"].append(epoch)
+                for k, v in train.items():
+                    history.setdefault(k, []).append(v)
+                for k, v in val.items():
+                    history.setdefault(f"val_{k}", []).append(v)
+                history["n_epochs"] = epoch + 1
+                history["stopped_epoch"] = epoch
+                value = history[monitor][-1]
+                if not math.isfinite(train["loss"]) or not math.isfinite(value):
+                    finish()
+                    name, bad = ("loss", train["loss"]) if not math.isfinite(train["loss"]) else (monitor, value)
+                    raise FloatingPointError(
+                        f"{name} became {bad} at epoch {epoch}. Try a lower learning rate, or precision='32'."
+                    )
+                if value < best - self.min_delta:
+                    best, wait = value, 0
+                    history["best_epoch"] = epoch
+                    if self.restore_best_weights:
+                        best_state = self._state()
+                else:
+                    wait += 1
+                postfix = {"loss": f"{train['loss']:.4g}"}
+                if val:
+                    postfix["val_loss"] = f"{val['loss']:.4g}"
+                bar.set_postfix(postfix, refresh=False)
+                if self.early_stopping and wait >= self.patience:
+                    history["stopped_early"] = True
+                    break
+        except KeyboardInterrupt:
+            history["interrupted"] = True
+            finish()
+            warnings.warn(
+                f"Training was interrupted after {history['n_epochs']} epoch(s)"
+                + (" (best weights restored)." if self.restore_best_weights and best_state is not None else "."),
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            raise
+        finally:
+            bar.close()
+        finish()
+        return history

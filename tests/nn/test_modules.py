@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch_geometric.nn import GCNConv
+
+from scvgae_sc.nn import SCVGAE, GNNImputeModule, scvgae_loss
+
+N_CELLS, N_GENES = 50, 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and avoids spinning on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_knn_graph(n: int, k: int = 5, *, seed: int = 0, self_loops: bool = False):
+    """A symmetric kNN graph on random points: (edge_index, edge_weight)."""
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(n, 4, generator=g)
+    dist = torch.cdist(pts, pts)
+    dist.fill_diagonal_(float("inf"))
+    nbrs = dist.topk(k, largest=False).indices
+    src = torch.arange(n).repeat_interleave(k)
+    dst = nbrs.reshape(-1)
+    ei = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
+    if self_loops:
+        ei = torch.cat([ei, torch.arange(n).repeat(2, 1)], dim=1)
+    ei = torch.unique(ei, dim=1)
+    ew = torch.rand(ei.shape[1], generator=g) + 0.5
+    return ei, ew
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(1)
+    counts = torch.poisson(torch.rand(N_CELLS, N_GENES, generator=g) * 4)
+    sf = counts.sum(1) / counts.sum(1).median()
+    x = torch.sqrt(torch.log1p(counts))
+    ei, ew = random_knn_graph(N_CELLS)
+    return x, counts, sf, ei, ew
+
+
+def small_scvgae(**kw):
+    kw.setdefault("hidden", 16)
+    kw.setdefault("decoder_hidden", 32)
+    return SCVGAE(N_GENES, N_CELLS, **kw)
+
+
+COMBOS = list(itertools.product([False, True], ["mean", "latent"], [True, False], ["gcn", "linear"]))
+
+
+@pytest.mark.parametrize(("variational", "decoder_input", "add_back", "heads"), COMBOS)
+def test_scvgae_shapes(data, variational, decoder_input, add_back, heads):
+    x, counts, sf, ei, ew = data
+    torch.manual_seed(0)
+    model = small_scvgae(variational=variational, decoder_input=decoder_input, add_back=add_back, heads=heads)
+    out = model(x, ei, ew)
+    assert out["recon"].shape == out["mean"].shape == out["pi_logits"].shape == out["theta"].shape == x.shape
+    assert out["z"].shape == (N_CELLS, 16)
+    assert (out["mean"] > 0).all() and (out["theta"] > 0).all()
+    assert ("kl" in out) == variational
+    if variational:
+        assert out["kl"].shape == (N_CELLS,) and (out["kl"] >= 0).all()
+    if not add_back:
+        assert (out["recon"] >= 0).all()  # ReLU output
+    losses = scvgae_loss(out, x, counts, sf)
+    assert set(losses) == {"loss", "recon", "zinb"} | ({"kl"} if variational else set())
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+
+
+def test_scvgae_variational_eval_uses_mean(data):
+    x, _, _, ei, ew = data
+    model = small_scvgae(variational=True, n_latent=8).eval()
+    out = model(x, ei, ew)
+    assert out["z"].shape == (N_CELLS, 8)
+    assert torch.equal(out["z"], out["z_mu"])
+    torch.testing.assert_close(model(x, ei, ew)["recon"], out["recon"])  # eval is deterministic
+
+
+def test_gcn_heads_equal_gcnconv(data):
+    """One propagation then linear maps == a GCNConv per head (Â (Z W) + b = (Â Z) W + b)."""
+    x, _, _, ei, ew = data
+    model = small_scvgae(heads="gcn", add_back=False).eval()
+    out = model(x, ei, ew)
+    conv = GCNConv(16, N_GENES, add_self_loops=True, normalize=True)
+    with torch.no_grad():
+        conv.lin.weight.copy_(model.zinb_heads.weight[:N_GENES])
+        conv.bias.copy_(model.zinb_heads.bias[:N_GENES])
+        log_mean = conv(out["z"], ei, ew)
+    torch.testing.assert_close(torch.log(out["mean"]), log_mean, rtol=1e-4, atol=1e-5)
+    # and the encoder is GCNConv's normalization with the edge weights
+    enc = GCNConv(N_GENES, 16)
+    with torch.no_grad():
+        enc.lin.weight.copy_(model.gcn.lin.weight)
+        enc.bias.copy_(model.gcn.bias)
+        torch.testing.assert_close(model.gcn(x, *model.normalize_graph(ei, ew, N_CELLS)), enc(x, ei, ew))
+    # edge weights matter
+    assert not torch.allclose(model(x, ei)["mean"], out["mean"])
+
+
+def test_cell_index_minibatch(data):
+    x, counts, sf, ei, ew = data
+    model = small_scvgae()
+    with torch.no_grad():
+        model.cell_scale.weight.copy_(torch.arange(N_CELLS, dtype=torch.float32)[:, None] + 1)
+        model.cell_shift.weight.copy_(torch.arange(N_CELLS, dtype=torch.float32)[:, None])
+    model.eval()
+    idx = torch.tensor([3, 7, 11, 20, 21, 40])
+    # subgraph on idx, relabelled
+    keep = torch.isin(ei[0], idx) & torch.isin(ei[1], idx)
+    relabel = torch.full((N_CELLS,), -1)
+    relabel[idx] = torch.arange(len(idx))
+    sub_ei = relabel[ei[:, keep]]
+    out = model(x[idx], sub_ei, ew[keep], cell_index=idx)
+    assert out["recon"].shape == (len(idx), N_GENES)
+    # the per-cell term of a row depends only on that row and its own scale/shift
+    term = model._cell_norm(x[idx], idx)
+    full = model._cell_norm(x, None)
+    torch.testing.assert_close(term, full[idx])
+    row = x[idx[2]]
+    expected = (row - row.mean()) / torch.sqrt(row.var(unbiased=False) + 1e-5) * (idx[2] + 1) + idx[2]
+    torch.testing.assert_close(term[2], expected)
+    # without cell_index a subset is refused
+    with pytest.raises(ValueError, match="cell_index"):
+        model(x[idx], sub_ei, ew[keep])
+    losses = scvgae_loss(out, x[idx], counts[idx], sf[idx])
+    assert torch.isfinite(losses["loss"])
+
+
+def test_add_back_needs_n_cells():
+    with pytest.raises(ValueError, match="n_cells"):
+        SCVGAE(N_GENES)
+    SCVGAE(N_GENES, add_back=False)
+    with pytest.raises(ValueError, match="decoder_input"):
+        SCVGAE(N_GENES, N_CELLS, decoder_input="z")
+    with pytest.raises(ValueError, match="heads"):
+        SCVGAE(N_GENES, N_CELLS, heads="gat")
+
+
+@pytest.mark.parametrize(("variational", "decoder_input"), [(False, "mean"), (True, "latent")])
+def test_scvgae_gradients_reach_every_parameter(data, variational, decoder_input):
+    x, counts, sf, ei, ew = data
+    torch.manual_seed(0)
+    model = small_scvgae(variational=variational, decoder_input=decoder_input)
+    out = model(x, ei, ew)
+    scvgae_loss(out, x, counts, sf, alpha=0.5)["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_scvgae_loss_options(data):
+    x, counts, sf, ei, ew = data
+    model = small_scvgae(variational=True)
+    out = model(x, ei, ew)
+    full = scvgae_loss(out, x, counts, sf, alpha=0.3, kl_weight=0.5)
+    expected = 0.3 * full["recon"] + 0.7 * full["zinb"] + 0.5 * full["kl"]
+    torch.testing.assert_close(full["loss"], expected)
+    torch.testing.assert_close(full["recon"], torch.mean((out["recon"] - x) ** 2))
+    torch.testing.assert_close(full["kl"], out["kl"].mean() / N_GENES)
+    # ZINB on counts with the size factors scaling the mean
+    from scvgae_sc.nn import zinb_nll
+
+    torch.testing.assert_close(
+        full["zinb"], zinb_nll(counts, out["mean"] * sf[:, None], out["theta"], out["pi_logits"])
+    )
+    # ablations: a weight of 0 skips the term (and counts are then not needed)
+    only_recon = scvgae_loss(out, x, None, None, alpha=1.0, kl_weight=0.0)
+    assert set(only_recon) == {"loss", "recon"}
+    torch.testing.assert_close(only_recon["loss"], full["recon"])
+    only_zinb = scvgae_loss(out, x, counts, sf, alpha=0.0, kl_weight=0.0)
+    assert set(only_zinb) == {"loss", "zinb"}
+    with pytest.raises(ValueError, match="counts"):
+        scvgae_loss(out, x, None, sf)
+    with pytest.raises(ValueError, match="alpha"):
+        scvgae_loss(out, x, counts, sf, alpha=1.5)
+    # masks: only the selected entries count
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[::3, ::2] = True
+    masked = scvgae_loss(out, x, counts, sf, recon_mask=mask, zinb_mask=mask)
+    torch.testing.assert_close(masked["recon"], ((out["recon"] - x) ** 2)[mask].mean())
+    nll = zinb_nll(counts, out["mean"] * sf[:, None], out["theta"], out["pi_logits"], reduction="none")
+    torch.testing.assert_close(masked["zinb"], nll[mask].mean())
+
+
+def test_gnnimpute_shapes_and_size_factors(data):
+    x, _, sf, ei, _ = data
+    torch.manual_seed(0)
+    model = GNNImputeModule(N_GENES, hidden=32, latent=8, heads=2)
+    out = model(x, ei, sf)
+    assert out["recon"].shape == x.shape and out["z"].shape == (N_CELLS, 8)
+    assert (out["recon"] >= 0).all()
+    model.eval()
+    plain = model(x, ei)["recon"]
+    torch.testing.assert_close(model(x, ei, sf)["recon"], plain * sf[:, None])
+    torch.testing.assert_close(model(x, ei, sf[:, None])["recon"], plain * sf[:, None])
+    assert model.conv1.heads == 2 and not model.conv1.concat
+
+
+def test_gnnimpute_self_loops_option(data):
+    x, _, sf, _, _ = data
+    ei, _ = random_knn_graph(N_CELLS, k=4, self_loops=True)
+    torch.manual_seed(0)
+    a = GNNImputeModule(N_GENES, hidden=16, latent=4, add_self_loops=False).eval()
+    torch.manual_seed(0)
+    b = GNNImputeModule(N_GENES, hidden=16, latent=4, add_self_loops=True).eval()
+    assert not a.conv1.add_self_loops and b.conv1.add_self_loops
+    # a graph that has its self loops: GATConv(add_self_loops=True) replaces them, so both agree
+    torch.testing.assert_close(a(x, ei, sf)["recon"], b(x, ei, sf)["recon"])
+
+
+def test_gnnimpute_gradients_and_loss(data):
+    x, _, sf, ei, _ = data
+    torch.manual_seed(0)
+    model = GNNImputeModule(N_GENES, hidden=32, latent=8)
+    out = model(x, ei, sf)
+    train = torch.zeros(N_CELLS, 1, dtype=torch.bool)
+    train[:30] = True
+    losses = model.loss(out, x, train)
+    torch.testing.assert_close(losses["loss"], ((out["recon"] - x) ** 2)[:30].mean())
+    losses["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
