@@ -45,9 +45,10 @@ def demo(*, max_epochs: int | None = None, random_state: int = 0, device: str = 
     sv.pp.normalize(adata, method="total", key_added="total")
     print("4. sv.pp.cell_graph(adata): 15-NN graph on 50 PCs -> obsp['cell_graph_connectivities']")
     sv.pp.cell_graph(adata, random_state=random_state)
-    print(f"5. sv.tl.impute(adata, method='scvgae', graph_key='cell_graph') -> layers['scvgae']")
-    sv.tl.impute(adata, method="scvgae", graph_key="cell_graph", max_epochs=max_epochs, device=device,
-                 random_state=random_state)
+    print("5. sv.tl.impute(adata, method='scvgae', graph_key='cell_graph') -> layers['scvgae']")
+    sv.tl.impute(
+        adata, method="scvgae", graph_key="cell_graph", max_epochs=max_epochs, device=device, random_state=random_state
+    )
     u = adata.uns["scvgae"]
     print(f"   trained {len(u['history']['loss'])} epochs on {u['device']} in {u['runtime_s']:.1f} s")
     print(_describe(adata))
@@ -62,8 +63,16 @@ def demo(*, max_epochs: int | None = None, random_state: int = 0, device: str = 
 
     print("7. masked recovery: hide 10 % of non-zeros of layers['total'], impute, score the hidden entries")
     sv.pp.mask_dropouts(adata, layer="total", random_state=random_state)
-    sv.tl.impute(adata, method="scvgae", layer="masked", counts_layer="masked_counts", key_added="scvgae_masked",
-                 max_epochs=max_epochs, device=device, random_state=random_state)
+    sv.tl.impute(
+        adata,
+        method="scvgae",
+        layer="masked",
+        counts_layer="masked_counts",
+        key_added="scvgae_masked",
+        max_epochs=max_epochs,
+        device=device,
+        random_state=random_state,
+    )
     rows = [
         {"layer": name, **sv.tl.score_imputation(adata, layer, truth_layer="total")}
         for name, layer in (("un-imputed", "masked"), ("scvgae", "scvgae_masked"))

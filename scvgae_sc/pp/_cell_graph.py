@@ -114,6 +114,55 @@ def _kernel_graph(
     return A
 
 
+def compute_graph(
+    X,
+    *,
+    method: Literal["knn", "kernel"] = "knn",
+    n_neighbors: int = 15,
+    n_pcs: int | None = 50,
+    percentile: float = 85,
+    self_loops: bool = False,
+    normalize: Literal["row"] | None = None,
+    random_state: int | None = 0,
+    max_memory: float = KERNEL_MAX_MEMORY,
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix | None]:
+    """The graph of :func:`cell_graph` from a matrix (no AnnData): ``(connectivities, distances or None)``.
+
+    Arguments are validated by :func:`cell_graph`.
+    """
+    n = X.shape[0]
+    seed_everything(random_state)
+    if method == "knn":
+        n_comps = min(int(n_pcs or 0), n - 1, X.shape[1] - 1)
+        if n_pcs and n_comps >= 1:
+            import scanpy as sc
+
+            Xf = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+            rep = sc.pp.pca(Xf, n_comps=n_comps, random_state=random_state)
+        else:
+            rep = np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
+        conn, dists = _knn_graph(
+            np.ascontiguousarray(rep, dtype=np.float32),
+            int(n_neighbors),
+            self_loops=self_loops,
+            symmetric=normalize != "row",
+            random_state=random_state,
+        )
+    else:
+        conn = _kernel_graph(X, percentile, self_loops=self_loops, max_memory=max_memory)
+        dists = None
+        if conn.nnz == 0:
+            raise ValueError("The kernel graph has no edges: every kernel entry is at or below the percentile.")
+    if normalize == "row":
+        deg = np.asarray(conn.sum(axis=1)).ravel()
+        inv = np.zeros_like(deg)
+        np.divide(1.0, deg, out=inv, where=deg > 0)
+        conn = sparse.diags(inv.astype(np.float32)) @ conn
+    conn = sparse.csr_matrix(conn, dtype=np.float32)
+    conn.sort_indices()
+    return conn, dists
+
+
 def cell_graph(
     adata: AnnData,
     *,
@@ -129,7 +178,7 @@ def cell_graph(
     max_memory: float = KERNEL_MAX_MEMORY,
     copy: bool = False,
 ) -> AnnData | None:
-    """Build the cell–cell graph a graph neural network propagates over.
+    r"""Build the cell–cell graph a graph neural network propagates over.
 
     Follows :func:`scanpy.pp.neighbors` in where results go. Two kinds of graph:
 
@@ -137,7 +186,7 @@ def cell_graph(
         PCA of ``layer`` (``n_pcs`` components), then each cell's ``n_neighbors`` nearest cells in
         Euclidean distance, **counting the cell itself** (as Scanpy and scikit-learn's
         ``include_self=True`` do). Exact below 4,096 cells, pynndescent above. Edge weights are an
-        adaptive Gaussian kernel :math:`\\exp(-d_{ij}^2 / (\\sigma_i \\sigma_j))` with :math:`\\sigma_i`
+        adaptive Gaussian kernel :math:`\exp(-d_{ij}^2 / (\sigma_i \sigma_j))` with :math:`\sigma_i`
         the distance to the farthest of :math:`i`'s neighbours. The graph is symmetrized (union)
         unless ``normalize="row"``, which keeps each cell's own neighbours and scales its row to sum
         to 1 (GNNImpute's graph: ``n_neighbors=5, self_loops=True, normalize="row"`` gives 5 entries
@@ -219,37 +268,18 @@ def cell_graph(
 
     if copy:
         adata = adata.copy()
-    rng_seed = random_state
-    seed_everything(random_state)
     start = logg.info(f"computing cell graph ({method!r})")
-    if method == "knn":
-        n_comps = min(int(n_pcs or 0), n - 1, adata.n_vars - 1)
-        if n_pcs and n_comps >= 1:
-            import scanpy as sc
-
-            Xf = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
-            rep = sc.pp.pca(Xf, n_comps=n_comps, random_state=rng_seed)
-        else:
-            rep = np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
-        conn, dists = _knn_graph(
-            np.ascontiguousarray(rep, dtype=np.float32),
-            int(n_neighbors),
-            self_loops=self_loops,
-            symmetric=normalize != "row",
-            random_state=rng_seed,
-        )
-    else:
-        conn = _kernel_graph(X, percentile, self_loops=self_loops, max_memory=max_memory)
-        dists = None
-        if conn.nnz == 0:
-            raise ValueError("The kernel graph has no edges: every kernel entry is at or below the percentile.")
-    if normalize == "row":
-        deg = np.asarray(conn.sum(axis=1)).ravel()
-        inv = np.zeros_like(deg)
-        np.divide(1.0, deg, out=inv, where=deg > 0)
-        conn = sparse.diags(inv.astype(np.float32)) @ conn
-    conn = sparse.csr_matrix(conn, dtype=np.float32)
-    conn.sort_indices()
+    conn, dists = compute_graph(
+        X,
+        method=method,
+        n_neighbors=n_neighbors,
+        n_pcs=n_pcs,
+        percentile=percentile,
+        self_loops=self_loops,
+        normalize=normalize,
+        random_state=random_state,
+        max_memory=max_memory,
+    )
 
     ckey, dkey = connectivities_key(key_added), distances_key(key_added)
     adata.obsp[ckey] = conn
@@ -273,6 +303,8 @@ def cell_graph(
     logg.info(
         f"    finished: {conn.nnz} edges ({conn.nnz / n:.1f} per cell)",
         time=start,
-        deep=f"added {ckey!r}" + (f", {dkey!r}" if dists is not None else "") + f" (adata.obsp), {key_added!r} (adata.uns)",
+        deep=f"added {ckey!r}"
+        + (f", {dkey!r}" if dists is not None else "")
+        + f" (adata.obsp), {key_added!r} (adata.uns)",
     )
     return adata if copy else None

@@ -61,19 +61,19 @@ def normalize(
     key_added: str = NORMALIZED,
     copy: bool = False,
 ) -> AnnData | None:
-    """Normalize raw counts into a layer, keeping the counts.
+    r"""Normalize raw counts into a layer, keeping the counts.
 
     Never changes ``X`` or ``raw``. The first call copies the counts from ``X`` into
     ``adata.layers[counts_layer]`` (refusing anything that is not non-negative integers); later calls
     read that layer, so several normalizations can live side by side.
 
-    Methods:
-
+    Methods
+    -------
     ``"sqrt"``
-        The scVGAE paper's: :math:`Y = \\log(1 + C)`; each row scaled to the median row sum of
-        :math:`Y`; then :math:`\\sqrt{Y}`.
+        The scVGAE paper's: :math:`Y = \log(1 + C)`; each row scaled to the median row sum of
+        :math:`Y`; then :math:`\sqrt{Y}`.
     ``"log1p"``
-        Library-size normalization to the median library size, then :math:`\\log(1 + x)` (Scanpy's
+        Library-size normalization to the median library size, then :math:`\log(1 + x)` (Scanpy's
         ``normalize_total`` + ``log1p``).
     ``"total"``
         Library-size normalization to the median library size, linear (what GNNImpute models and

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +26,6 @@ class ImputeResult:
     graph: sparse.csr_matrix
     graph_info: dict[str, Any]
     device: str
-    extra_uns: dict[str, Any] = field(default_factory=dict)
 
 
 def layer_normalization(adata: AnnData, layer: str | None) -> str | None:
@@ -188,7 +187,7 @@ def impute(
     result: ImputeResult = runner(
         X,
         counts,
-        graph=graph,
+        provided_graph=graph,
         normalization=layer_normalization(adata, layer),
         max_epochs=max_epochs,
         device=device,
@@ -222,7 +221,6 @@ def impute(
         "device": result.device,
         "runtime_s": float(runtime),
         "version": __version__,
-        **result.extra_uns,
     }
     logg.info(
         f"    finished ({runtime:.1f} s on {result.device})",

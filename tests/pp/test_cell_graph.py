@@ -37,9 +37,8 @@ def test_gnnimpute_graph_definition(normed):
     assert (A.diagonal() > 0).all()
     np.testing.assert_allclose(np.asarray(A.sum(1)).ravel(), 1, rtol=1e-5)
     # the same neighbour sets as an exact kNN on the same PCA
-    from sklearn.neighbors import kneighbors_graph
-
     import scanpy as sc
+    from sklearn.neighbors import kneighbors_graph
 
     pcs = sc.pp.pca(normed.layers["normalized"].astype(np.float32), n_comps=50, random_state=0)
     ref = kneighbors_graph(pcs, 5, include_self=True)
@@ -71,7 +70,9 @@ def test_determinism_and_sparse_dense_parity(normed):
     dense = normed.copy()
     dense.layers["normalized"] = dense.layers["normalized"].toarray()
     c = sv.pp.cell_graph(dense, copy=True, random_state=3)
-    assert (a.obsp["cell_graph_connectivities"].astype(bool) != c.obsp["cell_graph_connectivities"].astype(bool)).nnz == 0
+    assert (
+        a.obsp["cell_graph_connectivities"].astype(bool) != c.obsp["cell_graph_connectivities"].astype(bool)
+    ).nnz == 0
 
 
 def test_pynndescent_path_above_exact_limit():

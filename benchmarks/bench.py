@@ -1,0 +1,291 @@
+"""Benchmark of imputation methods: clustering (paper and Leiden protocols) and masked-dropout recovery.
+
+One command runs everything and writes ``benchmarks/results/<name>.json`` and ``.md``::
+
+    python benchmarks/bench.py                         # scvgae + un-imputed on the shared data, 3 seeds
+    python benchmarks/bench.py --methods none scvgae gnnimpute --datasets pbmc3k pbmc68k
+    python benchmarks/bench.py --ablation              # scVGAE ablation table on pbmc3k
+    python benchmarks/bench.py --quick                 # one dataset, one seed, few epochs
+
+Every (dataset, seed, method, task) job runs in a fresh Python process, so its wall time and peak
+memory (``ru_maxrss`` measured right after imputation: data, graph, model and result) are its own.
+Jobs run one at a time: on a 2-core machine, parallel jobs distort each other's timings.
+
+Protocols (DESIGN section 3):
+
+clustering
+    ``pp.filter`` → ``pp.normalize(method="sqrt")`` → impute the ``normalized`` layer →
+    ``tl.score_clustering`` with ``protocol="paper"`` and ``"leiden"``.
+masked
+    ``pp.filter`` → ``pp.normalize(method="total", key_added="total")`` → ``pp.mask_dropouts(layer="total")``
+    → impute ``layer="masked", counts_layer="masked_counts"`` → ``tl.score_imputation(truth_layer="total")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SHARED = Path(os.environ.get("SCVGAE_SC_DATA", HERE.parent.parent / "shared" / "data"))
+DATASETS = ("pbmc3k", "baron_mouse", "bladder")
+
+#: scVGAE ablations (paper's Table 3 and our fixes): name -> options passed to tl.impute.
+ABLATIONS = {
+    "default": {},
+    "no ZINB (alpha=1)": {"alpha": 1.0},
+    "no reconstruction (alpha=0)": {"alpha": 0.0},
+    "no add-back": {"add_back": False},
+    "kernel graph": {"graph": "kernel"},
+    "variational": {"variational": True},
+    "ZINB on normalized values": {"zinb_target": "normalized"},
+    "decoder from ZINB mean (paper shape)": {"decoder_input": "mean"},
+    "no self-supervised masking": {"mask_rate": 0.0},
+    "output = reconstruction": {"output": "recon"},
+    "bf16": {"precision": "bf16"},
+}
+
+
+def load(name: str):
+    """A dataset by name: the shared files, or ``pbmc68k`` / ``sim<N>`` from ``scvgae_sc.datasets``."""
+    import anndata as ad
+
+    import scvgae_sc as sv
+
+    if name == "pbmc68k":
+        return sv.datasets.pbmc68k()
+    if name.startswith("sim"):
+        return sv.datasets.simulate(int(name[3:]), 2000, n_groups=5, de_scale=0.4)
+    path = SHARED / f"{name}.h5ad"
+    if not path.exists():
+        raise SystemExit(f"{path} not found; set SCVGAE_SC_DATA to the folder holding the shared .h5ad files.")
+    return ad.read_h5ad(path)
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_job(job: dict) -> dict:
+    """Run one job in this process and return its record."""
+    import scanpy as sc
+
+    import scvgae_sc as sv
+
+    sc.settings.verbosity = 0
+    adata = load(job["dataset"])
+    sv.pp.filter(adata)
+    method, seed, task = job["method"], job["seed"], job["task"]
+    options = dict(job.get("options", {}))
+    if job.get("max_epochs") is not None:
+        options["max_epochs"] = job["max_epochs"]
+    record = {**job, "n_obs": adata.n_obs, "n_vars": adata.n_vars}
+    if task == "clustering":
+        sv.pp.normalize(adata)
+        layer = "normalized"
+        impute_kw = {"layer": "normalized"}
+    else:
+        sv.pp.normalize(adata, method="total", key_added="total")
+        sv.pp.mask_dropouts(adata, layer="total", random_state=seed)
+        layer = "masked"
+        impute_kw = {"layer": "masked", "counts_layer": "masked_counts"}
+    base_mb = peak_mb()
+    if method != "none":
+        t0 = time.perf_counter()
+        sv.tl.impute(adata, method=method, random_state=seed, progress_bar=False, **impute_kw, **options)
+        record["seconds"] = time.perf_counter() - t0
+        record["peak_mb"] = peak_mb()
+        record["data_mb"] = base_mb
+        hist = adata.uns[method]["history"]
+        record["epochs"] = int(len(hist["loss"]))
+        if "best_epoch" in hist:
+            record["best_epoch"] = int(hist["best_epoch"])
+        layer = method
+    if task == "clustering":
+        for protocol in ("paper", "leiden"):
+            s = sv.tl.score_clustering(adata, layer, protocol=protocol, random_state=seed)
+            record.update({f"{protocol}_{k}": v for k, v in s.items() if k in ("ari", "ami", "nmi")})
+    else:
+        s = sv.tl.score_imputation(adata, layer, truth_layer="total")
+        record.update({k: v for k, v in s.items() if k in ("mse", "mae", "pearson", "cosine")})
+    return record
+
+
+def spawn(job: dict) -> dict:
+    """Run ``job`` in a fresh interpreter (own timing and memory)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return {**job, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    import anndata
+    import scanpy
+    import torch
+    import torch_geometric
+
+    import scvgae_sc
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "scanpy": scanpy.__version__,
+        "anndata": anndata.__version__,
+        "scvgae_sc": scvgae_sc.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def _mean_sd(values: list[float], fmt: str = ".3f") -> str:
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return "–"
+    if v.size == 1:
+        return f"{v[0]:{fmt}}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
+
+
+_COST = {"seconds": ".1f", "peak_mb": ".0f", "epochs": ".0f"}
+_TABLES = {
+    "clustering": (
+        "Clustering (paper protocol on the sqrt layer; Leiden protocol), mean ± sd over seeds:",
+        ("paper_ari", "paper_ami", "leiden_ari", "leiden_ami"),
+        ("paper ARI", "paper AMI", "Leiden ARI", "Leiden AMI"),
+    ),
+    "masked": (
+        "Masked recovery (10 % of non-zeros hidden; linear normalized scale), mean ± sd over seeds:",
+        ("pearson", "mse", "mae", "cosine"),
+        ("Pearson", "MSE", "MAE", "cosine"),
+    ),
+}
+
+
+def summarize(records: list[dict], group: str = "method") -> str:
+    """Markdown tables (mean ± sd over seeds) of clustering and masked recovery per dataset."""
+    lines = []
+    for ds in dict.fromkeys(r["dataset"] for r in records):
+        rs = [r for r in records if r["dataset"] == ds and "error" not in r]
+        if not rs:
+            continue
+        lines.append(f"\n### {ds} ({rs[0]['n_obs']} × {rs[0]['n_vars']} after `pp.filter`)\n")
+        groups = list(dict.fromkeys(r[group] for r in rs))
+        for task, (title, keys, heads) in _TABLES.items():
+            task_rs = [r for r in rs if r["task"] == task]
+            if not task_rs:
+                continue
+            lines += [f"\n{title}\n", f"| {group} | " + " | ".join(heads) + " | s | peak MB | epochs |"]
+            lines.append("|" + " --- |" * (len(keys) + 4))
+            for g in groups:
+                sub = [r for r in task_rs if r[group] == g]
+                if sub:
+                    cells = [_mean_sd([r.get(k) for r in sub]) for k in keys]
+                    cells += [_mean_sd([r.get(k) for r in sub], fmt) for k, fmt in _COST.items()]
+                    lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    errors = [r for r in records if "error" in r]
+    if errors:
+        lines.append("\nFailed jobs:\n")
+        lines.extend(f"- {r['dataset']} {r.get(group)} seed {r['seed']} {r['task']}: {r['error']}" for r in errors)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    p.add_argument("--methods", nargs="+", default=["none", "scvgae"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--tasks", nargs="+", default=["clustering", "masked"], choices=["clustering", "masked"])
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--ablation", action="store_true", help="scVGAE ablation table (on --datasets, default pbmc3k)")
+    p.add_argument("--only", nargs="+", default=None, help="ablation rows to run (names as in ABLATIONS)")
+    p.add_argument("--quick", action="store_true", help="pbmc3k, one seed, 20 epochs")
+    p.add_argument("--name", default=None, help="results file stem (default: scvgae / ablation / quick)")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_job(json.loads(args.worker))))
+        return 0
+
+    if args.quick:
+        args.datasets, args.seeds, args.max_epochs = ["pbmc3k"], [0], args.max_epochs or 20
+    jobs = []
+    if args.ablation:
+        datasets = args.datasets if args.datasets != list(DATASETS) else ["pbmc3k"]
+        rows = {k: v for k, v in ABLATIONS.items() if args.only is None or k in args.only}
+        for ds in datasets:
+            for seed in args.seeds:
+                for task in args.tasks:
+                    for name, opts in rows.items():
+                        jobs.append(
+                            {
+                                "dataset": ds,
+                                "seed": seed,
+                                "task": task,
+                                "method": "scvgae",
+                                "variant": name,
+                                "options": opts,
+                                "max_epochs": args.max_epochs,
+                            }
+                        )
+        name, group = args.name or "ablation", "variant"
+    else:
+        for ds in args.datasets:
+            for seed in args.seeds:
+                for task in args.tasks:
+                    for method in args.methods:
+                        jobs.append(
+                            {"dataset": ds, "seed": seed, "task": task, "method": method, "max_epochs": args.max_epochs}
+                        )
+        name, group = args.name or ("quick" if args.quick else "scvgae"), "method"
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    records, t_start = [], time.perf_counter()
+    for i, job in enumerate(jobs, 1):
+        t0 = time.perf_counter()
+        rec = spawn(job)
+        records.append(rec)
+        label = job.get("variant", job["method"])
+        print(
+            f"[{i}/{len(jobs)}] {job['dataset']} {label} seed {job['seed']} {job['task']}: "
+            f"{'ERROR ' + rec['error'] if 'error' in rec else 'ok'} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+        (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1))
+    total = time.perf_counter() - t_start
+    cmd = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = [f"# Benchmark `{name}`\n", f"Command: `{cmd.strip()}` — total {total / 60:.1f} min.\n"]
+    m = machine()
+    md.append(
+        f"Machine: {m['platform']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"PyG {m['torch_geometric']}, scanpy {m['scanpy']}, scvgae-sc {m['scvgae_sc']}, CUDA: {m['cuda']}.\n"
+    )
+    md.append(summarize(records, group=group))
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"machine": m, "command": cmd.strip(), "total_s": total, "records": records}, indent=1)
+    )
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

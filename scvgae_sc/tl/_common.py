@@ -1,0 +1,84 @@
+"""Pieces the method runners share: AnnData-free conversions between NumPy/SciPy and torch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import sparse
+
+from .._utils import to_dense_array
+
+if TYPE_CHECKING:
+    import torch
+
+
+def size_factors(counts) -> np.ndarray:
+    """Library size over the median library size (cells without counts get 1)."""
+    lib = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    positive = lib[lib > 0]
+    median = float(np.median(positive)) if positive.size else 1.0
+    sf = lib / median
+    sf[lib == 0] = 1.0
+    return sf.astype(np.float32)
+
+
+def edge_tensors(A: sparse.spmatrix, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyG ``edge_index`` / ``edge_weight`` of an adjacency whose row ``i`` lists the cells ``i`` aggregates from.
+
+    PyG's convention is ``edge_index[0]`` = source (neighbour) and ``edge_index[1]`` = target, so the
+    source is the column and the target the row.
+    """
+    import torch
+
+    coo = sparse.coo_matrix(A)
+    edge_index = torch.from_numpy(np.vstack([coo.col, coo.row]).astype(np.int64)).to(device)
+    edge_weight = torch.from_numpy(coo.data.astype(np.float32)).to(device)
+    return edge_index, edge_weight
+
+
+def dense_tensor(X, device: torch.device) -> torch.Tensor:
+    """A float32 dense tensor of ``X`` on ``device``."""
+    import torch
+
+    return torch.from_numpy(to_dense_array(X, np.float32)).to(device)
+
+
+def progress_enabled(progress_bar: bool | None) -> bool:
+    """Show progress bars at Scanpy verbosity ``info`` (the default) or above, unless told otherwise."""
+    if progress_bar is not None:
+        return bool(progress_bar)
+    import scanpy as sc
+
+    return int(sc.settings.verbosity) >= 2
+
+
+def history_arrays(history: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A trainer history as a dict of arrays storable by ``write_h5ad``.
+
+    Per-epoch lists become 1-d arrays, scalars (``best_epoch``, ``stopped_early``, ...) 0-d arrays; the
+    name of the monitored loss (a string) is dropped: it is ``val_loss`` when a validation curve exists.
+    """
+    out = {}
+    for k, v in history.items():
+        if isinstance(v, list):
+            out[k] = np.asarray(v, dtype=np.int64 if k == "epoch" else np.float64)
+        elif isinstance(v, bool | np.bool_ | int | np.integer | float | np.floating):
+            out[k] = np.asarray(v)
+    return out
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Validate an integer option."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0, closed: bool = True) -> float:
+    """Validate a float option in ``[low, high]`` (``[low, high)`` when ``closed=False``)."""
+    ok = isinstance(value, int | float | np.floating) and not isinstance(value, bool)
+    ok = ok and low <= value and (value <= high if closed else value < high)
+    if not ok:
+        raise ValueError(f"{name} must be a number in [{low}, {high}{']' if closed else ')'}, got {value!r}.")
+    return float(value)

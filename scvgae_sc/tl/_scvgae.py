@@ -1,0 +1,248 @@
+"""scVGAE behind :func:`scvgae_sc.tl.impute`: AnnData-free arrays in, :class:`ImputeResult` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scanpy import logging as logg
+from scipy import sparse
+
+from ..pp._cell_graph import compute_graph
+from ._common import (
+    check_fraction,
+    check_positive_int,
+    dense_tensor,
+    edge_tensors,
+    history_arrays,
+    progress_enabled,
+    size_factors,
+)
+from ._impute import ImputeResult
+
+#: Defaults of the method's own options (see :func:`scvgae_options`).
+DEFAULTS: dict[str, Any] = {
+    "graph": "knn",
+    "n_neighbors": 15,
+    "n_pcs": 50,
+    "percentile": 85,
+    "alpha": 0.05,
+    "lr": 5e-4,
+    "weight_decay": 0.0,
+    "hidden": 128,
+    "decoder_hidden": 1024,
+    "decoder_input": "latent",
+    "heads": "gcn",
+    "variational": False,
+    "kl_weight": 1.0,
+    "zinb_target": "counts",
+    "add_back": True,
+    "mask_rate": 0.1,
+    "mask_weight": 1.0,
+    "output": "fill",
+    "transform": "auto",
+    "precision": "32",
+    "progress_bar": None,
+}
+MAX_EPOCHS = 100
+
+
+def scvgae_options() -> dict[str, Any]:
+    """The options of ``tl.impute(method="scvgae", ...)`` and their defaults.
+
+    ``graph`` (``"knn"``)
+        Graph built when no ``graph_key`` is given: ``"knn"`` (``n_neighbors`` on ``n_pcs`` PCs, scales
+        linearly) or ``"kernel"`` (the paper's linear-kernel graph keeping entries above the
+        ``percentile``-th percentile; O(n²)).
+    ``alpha`` (0.05)
+        Weight of the reconstruction MSE; ``1 - alpha`` weighs the ZINB negative log-likelihood of the raw
+        counts (the paper's text: ``α·L_recon + (1 − α)·L_ZINB``; both mean-reduced, so α means what it says).
+    ``lr`` (5e-4), ``weight_decay`` (0)
+        Adam settings.
+    ``hidden`` (128), ``decoder_hidden`` (1024)
+        Width of the GCN encoder output and of the decoder's hidden layer.
+    ``decoder_input`` (``"latent"``)
+        Decode the reconstruction from the latent ``Z`` (lean) or from the ZINB mean (``"mean"``, the
+        paper's shape; ~10× the decoder cost).
+    ``heads`` (``"gcn"``)
+        ZINB heads as GCN layers (the paper) or ``"linear"`` maps of ``Z``.
+    ``variational`` (False), ``kl_weight`` (1)
+        Reparameterized latent with a KL term.
+    ``zinb_target`` (``"counts"``)
+        What the ZINB likelihood models: the raw ``"counts"`` with per-cell size factors (ours, as DCA and
+        scVI), or the ``"normalized"`` input values (what the published code does; kept for the ablation).
+    ``add_back`` (True)
+        Add the gene-wise and cell-wise standardized input to the decoder output (the paper).
+    ``mask_rate`` (0.1), ``mask_weight`` (1)
+        Self-supervised masking: each epoch this fraction of the observed non-zeros is hidden from the
+        input, and the model is also trained (weight ``mask_weight``) to recover them. Without it, the
+        add-back makes the model copy its input and zeros stay zero. ``0`` turns it off.
+    ``output`` (``"fill"``)
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the decoder's prediction;
+        ``"recon"``: the whole reconstruction (the paper's output).
+    ``transform`` (``"auto"``)
+        The model works on ``log1p`` of a linear layer (``"auto"`` does so for layers made by
+        ``pp.normalize(method="total")``, and maps the output back with ``expm1``); ``"none"`` or
+        ``"log1p"`` force it.
+    ``precision`` (``"32"``)
+        ``"bf16"`` trains under bfloat16 autocast.
+    ``progress_bar`` (None)
+        Show a progress bar (default: at Scanpy verbosity ``info`` or above).
+    """
+    return dict(DEFAULTS)
+
+
+def _validate(opts: dict[str, Any]) -> None:
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(
+            f"Unknown option(s) for method='scvgae': {', '.join(sorted(unknown))}. "
+            f"Known: {', '.join(sorted(DEFAULTS))}."
+        )
+    choices = {
+        "graph": ("knn", "kernel"),
+        "decoder_input": ("mean", "latent"),
+        "heads": ("gcn", "linear"),
+        "output": ("fill", "recon"),
+        "transform": ("auto", "none", "log1p"),
+        "zinb_target": ("counts", "normalized"),
+        "precision": ("32", "bf16"),
+    }
+    for k, allowed in choices.items():
+        if opts[k] not in allowed:
+            raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
+    for k in ("n_neighbors", "hidden", "decoder_hidden"):
+        check_positive_int(k, opts[k], minimum=2 if k == "n_neighbors" else 1)
+    check_fraction("alpha", opts["alpha"])
+    check_fraction("mask_rate", opts["mask_rate"], high=1.0, closed=False)
+    for k in ("lr", "weight_decay", "kl_weight", "mask_weight"):
+        v = opts[k]
+        if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or (k == "lr" and v == 0):
+            raise ValueError(f"{k} must be a non-negative number{' > 0' if k == 'lr' else ''}, got {v!r}.")
+
+
+def run_scvgae(
+    X,
+    counts,
+    *,
+    provided_graph: tuple[sparse.csr_matrix, dict] | None,
+    normalization: str | None,
+    max_epochs: int | None,
+    device: str,
+    random_state: int | None,
+    **options: Any,
+) -> ImputeResult:
+    """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`scvgae_options`."""
+    opts = {**DEFAULTS, **options}
+    _validate(opts)
+    n_cells, n_genes = X.shape
+    n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
+    if provided_graph is None and opts["graph"] == "knn" and n_cells < opts["n_neighbors"] + 1:
+        raise ValueError(
+            f"{n_cells} cells are too few for a graph with n_neighbors={opts['n_neighbors']}; "
+            "lower n_neighbors (at least n_neighbors + 1 cells are needed)."
+        )
+
+    import torch
+
+    from ..nn import SCVGAE, Trainer, masked_mean, resolve_device, scvgae_loss
+
+    dev = resolve_device(device)
+    transform = opts["transform"]
+    if transform == "auto":
+        transform = "log1p" if normalization == "total" else "none"
+    Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    if transform == "log1p":
+        Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
+
+    if provided_graph is not None:
+        A, graph_info = provided_graph
+    else:
+        A, _ = compute_graph(
+            Xm,
+            method=opts["graph"],
+            n_neighbors=opts["n_neighbors"],
+            n_pcs=opts["n_pcs"],
+            percentile=opts["percentile"],
+            random_state=random_state,
+        )
+        graph_info = {"key": "", "method": opts["graph"]}
+        graph_info.update(
+            {"n_neighbors": opts["n_neighbors"], "n_pcs": opts["n_pcs"]}
+            if opts["graph"] == "knn"
+            else {"percentile": opts["percentile"]}
+        )
+    graph_info["n_edges"] = int(A.nnz)
+
+    if random_state is not None:
+        torch.manual_seed(int(random_state))
+    model = SCVGAE(
+        n_genes,
+        n_cells,
+        hidden=opts["hidden"],
+        variational=opts["variational"],
+        decoder_input=opts["decoder_input"],
+        heads=opts["heads"],
+        add_back=opts["add_back"],
+        decoder_hidden=opts["decoder_hidden"],
+        cached=True,
+    )
+    x = dense_tensor(Xm, dev)
+    if opts["zinb_target"] == "counts":
+        c = dense_tensor(counts, dev)
+        sf = torch.from_numpy(size_factors(counts)).to(dev)
+    else:
+        c, sf = x, None
+    edge_index, edge_weight = edge_tensors(A, dev)
+    observed = x > 0
+    mask_rate, mask_weight = float(opts["mask_rate"]), float(opts["mask_weight"])
+    alpha = float(opts["alpha"])
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0 if random_state is None else int(random_state))
+
+    def train_step(module, epoch):
+        if mask_rate > 0:
+            hidden = observed & (torch.rand(x.shape, generator=gen, device=dev) < mask_rate)
+            x_in = x.masked_fill(hidden, 0.0)
+        else:
+            hidden, x_in = None, x
+        out = module(x_in, edge_index, edge_weight)
+        comps = scvgae_loss(out, x, c, sf, alpha=alpha, kl_weight=float(opts["kl_weight"]))
+        if hidden is not None and mask_weight > 0:
+            se = (out["recon"].float() - x).pow(2)
+            comps["masked"] = masked_mean(se, hidden)
+            comps["loss"] = comps["loss"] + mask_weight * comps["masked"]
+        return comps
+
+    trainer = Trainer(
+        model,
+        lr=float(opts["lr"]),
+        weight_decay=float(opts["weight_decay"]),
+        max_epochs=n_epochs,
+        device=dev,
+        progress_bar=progress_enabled(opts["progress_bar"]),
+        random_state=random_state,
+        precision=opts["precision"],
+    )
+    start = logg.info(f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}")
+    history = trainer.fit(train_step)
+    out = trainer.predict(lambda m: m(x, edge_index, edge_weight))
+    recon = out["recon"].float().clamp_min(0)
+    imputed = torch.where(observed, x, recon) if opts["output"] == "fill" else recon
+    imputed = imputed.cpu().numpy()
+    if transform == "log1p":
+        np.expm1(imputed, out=imputed)
+    latent = out["z"].float().cpu().numpy()
+    logg.debug("    finished training", time=start)
+
+    params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
+    params.update(transform_used=transform, max_epochs_used=n_epochs)
+    return ImputeResult(
+        imputed=np.ascontiguousarray(imputed, dtype=np.float32),
+        latent=np.ascontiguousarray(latent, dtype=np.float32),
+        history=history_arrays(history),
+        params=params,
+        graph=sparse.csr_matrix(A, dtype=np.float32),
+        graph_info=graph_info,
+        device=str(dev),
+    )

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scvgae_sc as sv
+
+EPOCHS = 5
+
+
+@pytest.fixture
+def prepared(pbmc68k):
+    sv.pp.filter(pbmc68k)
+    sv.pp.normalize(pbmc68k)
+    return pbmc68k
+
+
+def _snapshot(adata):
+    return (
+        {k: (v.copy() if not sparse.issparse(v) else v.copy()) for k, v in adata.layers.items()},
+        set(adata.obsm),
+        set(adata.obsp),
+        set(adata.uns),
+    )
+
+
+def _same(adata, snap):
+    layers, obsm, obsp, uns = snap
+    assert set(adata.layers) == set(layers) and set(adata.obsm) == obsm
+    assert set(adata.obsp) == obsp and set(adata.uns) == uns
+    for k, v in layers.items():
+        a, b = adata.layers[k], v
+        a = a.toarray() if sparse.issparse(a) else a
+        b = b.toarray() if sparse.issparse(b) else b
+        np.testing.assert_array_equal(a, b)
+
+
+def test_contract_keys_scale_and_h5ad(prepared, tmp_path):
+    X_before = prepared.X.copy()
+    sv.tl.impute(prepared, method="scvgae", max_epochs=EPOCHS, progress_bar=False)
+    out = prepared.layers["scvgae"]
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == prepared.shape
+    assert np.isfinite(out).all() and out.min() >= 0
+    # same scale as the input layer: observed values kept (output="fill")
+    inp = prepared.layers["normalized"].toarray()
+    np.testing.assert_allclose(out[inp > 0], inp[inp > 0], rtol=1e-6)
+    assert prepared.obsm["X_scvgae"].shape == (prepared.n_obs, 128)
+    A = prepared.obsp["scvgae_connectivities"]
+    assert A.shape == (prepared.n_obs, prepared.n_obs) and A.nnz > 0
+    u = prepared.uns["scvgae"]
+    assert {"params", "history", "graph", "device", "runtime_s", "version"} <= set(u)
+    assert u["device"] == "cpu" and u["version"] == sv.__version__
+    assert len(u["history"]["loss"]) == EPOCHS and {"recon", "zinb"} <= set(u["history"])
+    assert u["params"]["random_state"] == 0 and u["params"]["method"] == "scvgae"
+    assert (prepared.X != X_before).nnz == 0, "X untouched"
+    path = tmp_path / "imputed.h5ad"
+    prepared.write_h5ad(path)
+    import anndata as ad
+
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.layers["scvgae"], out)
+    np.testing.assert_array_equal(back.uns["scvgae"]["history"]["loss"], u["history"]["loss"])
+
+
+def test_determinism_under_random_state(prepared):
+    a = sv.tl.impute(prepared, method="scvgae", max_epochs=3, random_state=1, copy=True, progress_bar=False)
+    b = sv.tl.impute(prepared, method="scvgae", max_epochs=3, random_state=1, copy=True, progress_bar=False)
+    c = sv.tl.impute(prepared, method="scvgae", max_epochs=3, random_state=2, copy=True, progress_bar=False)
+    np.testing.assert_array_equal(a.layers["scvgae"], b.layers["scvgae"])
+    assert not np.array_equal(a.layers["scvgae"], c.layers["scvgae"])
+    assert "scvgae" not in prepared.layers, "copy=True leaves the input alone"
+
+
+def test_graph_key_and_key_added(prepared):
+    sv.pp.cell_graph(prepared, n_neighbors=10, key_added="g")
+    sv.tl.impute(prepared, method="scvgae", graph_key="g", key_added="imp", max_epochs=2, progress_bar=False)
+    assert "imp" in prepared.layers and "X_imp" in prepared.obsm
+    assert (prepared.obsp["imp_connectivities"] != prepared.obsp["g_connectivities"]).nnz == 0
+    assert prepared.uns["imp"]["graph"]["key"] == "g"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"graph": "kernel"},
+        {"variational": True, "decoder_input": "mean", "heads": "linear", "add_back": False, "output": "recon"},
+        {"precision": "bf16", "mask_rate": 0.0},
+    ],
+)
+def test_options_run(prepared, options):
+    sv.tl.impute(prepared, method="scvgae", max_epochs=2, progress_bar=False, **options)
+    out = prepared.layers["scvgae"]
+    assert out.shape == prepared.shape and np.isfinite(out).all()
+    for k, v in options.items():
+        assert prepared.uns["scvgae"]["params"][k] == v
+
+
+def test_short_run_lowers_masked_error(prepared):
+    """A short CPU run recovers hidden values better than leaving them at zero."""
+    sv.pp.normalize(prepared, method="total", key_added="total")
+    sv.pp.mask_dropouts(prepared, layer="total", random_state=0)
+    sv.tl.impute(
+        prepared, method="scvgae", layer="masked", counts_layer="masked_counts", max_epochs=40, progress_bar=False
+    )
+    assert prepared.uns["scvgae"]["params"]["transform_used"] == "log1p"
+    raw = sv.tl.score_imputation(prepared, "masked", truth_layer="total")
+    imp = sv.tl.score_imputation(prepared, "scvgae", truth_layer="total")
+    assert imp["mse"] < raw["mse"]
+    assert imp["pearson"] > 0.3
+
+
+def test_interrupt_leaves_adata_untouched(prepared, monkeypatch):
+    from scvgae_sc.nn import Trainer
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    snap = _snapshot(prepared)
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sv.tl.impute(prepared, method="scvgae", max_epochs=2, progress_bar=False)
+    _same(prepared, snap)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "exc", "match"),
+    [
+        (lambda a: a.layers["normalized"].data.__setitem__(0, np.nan), {}, ValueError, "NaN"),
+        (lambda a: a.layers.__setitem__("counts", a.layers["counts"] * 0.5), {}, ValueError, "non-integer"),
+        (None, {"layer": "nope"}, ValueError, "no layer 'nope'"),
+        (None, {"counts_layer": "normalized"}, ValueError, "non-integer"),
+        (None, {"device": "cuda"}, ValueError, "CUDA"),
+        (None, {"device": "tpu"}, ValueError, "device"),
+        (None, {"method": "magic"}, ValueError, "method"),
+        (None, {"max_epochs": 0}, ValueError, "max_epochs"),
+        (None, {"n_neighbors": 5000}, ValueError, "too few"),
+        (None, {"alpha": 2.0}, ValueError, "alpha"),
+        (None, {"decoder": "big"}, TypeError, "Unknown option"),
+        (None, {"graph_key": "missing"}, ValueError, "No graph 'missing'"),
+    ],
+)
+def test_bad_input(prepared, mutate, kwargs, exc, match):
+    if mutate is not None:
+        mutate(prepared)
+    kwargs = {"method": "scvgae", "max_epochs": 1, "progress_bar": False, **kwargs}
+    snap = _snapshot(prepared)
+    with pytest.raises(exc, match=match):
+        sv.tl.impute(prepared, **kwargs)
+    _same(prepared, snap)
+
+
+def test_graph_of_wrong_size_refused(prepared):
+    prepared.obsp["g_connectivities"] = sparse.identity(prepared.n_obs, format="csr")
+    prepared.uns["g"] = {"connectivities_key": "g_connectivities"}
+    small = prepared[:100].copy()
+    small.uns["g"] = {"connectivities_key": "other"}
+    with pytest.raises(ValueError, match="No graph"):
+        sv.tl.impute(small, method="scvgae", graph_key="g", max_epochs=1)
+
+
+def test_too_few_cells(prepared):
+    tiny = prepared[:10].copy()
+    with pytest.raises(ValueError, match="too few"):
+        sv.tl.impute(tiny, method="scvgae", max_epochs=1)
+
+
+def test_view_and_type(prepared):
+    with pytest.raises(ValueError, match="view"):
+        sv.tl.impute(prepared[:100], method="scvgae", max_epochs=1)
+    with pytest.raises(TypeError, match="AnnData"):
+        sv.tl.impute(prepared.X, method="scvgae")
