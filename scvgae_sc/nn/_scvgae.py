@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GCNConv, GraphNorm, SimpleConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
@@ -74,6 +75,10 @@ class SCVGAE(nn.Module):
         Bound on the log of ``M`` and ``Θ`` (and on ``logvar`` at ``min(log_clamp, 10)``).
     cached
         Cache the GCN normalization of the first graph seen.
+    add_back_init
+        Initial scale of both add-back terms (the gene-wise BatchNorm weight and the per-cell scale). ``1``
+        is the paper's; a small value starts the model near its decoder output, and lets training decide
+        how much standardized input to add.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class SCVGAE(nn.Module):
         dropout_decoder: float = 0.4,
         log_clamp: float = 15.0,
         cached: bool = False,
+        add_back_init: float = 1.0,
     ) -> None:
         super().__init__()
         if decoder_input not in ("mean", "latent"):
@@ -140,9 +146,11 @@ class SCVGAE(nn.Module):
 
         if self.add_back:
             self.gene_norm = nn.BatchNorm1d(self.n_genes)
+            if add_back_init != 1.0:
+                nn.init.constant_(self.gene_norm.weight, add_back_init)
             self.cell_scale = nn.Embedding(self.n_cells, 1)
             self.cell_shift = nn.Embedding(self.n_cells, 1)
-            nn.init.ones_(self.cell_scale.weight)
+            nn.init.constant_(self.cell_scale.weight, add_back_init)
             nn.init.zeros_(self.cell_shift.weight)
 
     # ------------------------------------------------------------------ graph
@@ -205,6 +213,7 @@ class SCVGAE(nn.Module):
         edge_index: torch.Tensor,
         edge_weight: torch.Tensor | None = None,
         cell_index: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the network.
 
@@ -219,6 +228,10 @@ class SCVGAE(nn.Module):
         cell_index
             ``(n,)`` positions of the rows among the ``n_cells`` training cells (for the per-cell add-back);
             ``None`` means ``arange(n)`` and requires ``n == n_cells``.
+        rows
+            Compute the heads, the decoder and the add-back only for these rows (the encoder always runs on
+            the whole graph): a mini-batch of target cells whose ``(len(rows), n_genes)`` outputs cost memory
+            and time in proportion to the batch. ``z`` is returned for every row. ``None``: all rows.
 
         Returns
         -------
@@ -232,19 +245,26 @@ class SCVGAE(nn.Module):
         z = out["z"]
 
         h = self.propagate(z, ei, ew) if self.propagate is not None else z
+        if rows is not None:
+            h, z_rows, x = h[rows], z[rows], x[rows]
+            cell_index = rows if cell_index is None else cell_index[rows]
+        else:
+            z_rows = z
         raw = self.zinb_heads(h).float()
         log_mean, pi_logits, log_theta = raw.split(self.n_genes, dim=1)
         c = self.log_clamp
         mean = torch.exp(log_mean.clamp(-c, c))
         theta = torch.exp(log_theta.clamp(-c, c))
 
-        recon = self.decoder(mean if self.decoder_input == "mean" else z).float()
+        recon = self.decoder(mean if self.decoder_input == "mean" else z_rows).float()
         if self.add_back:
             recon = recon + self.gene_norm(x).float() + self._cell_norm(x, cell_index)
 
         out.update(recon=recon, mean=mean, pi_logits=pi_logits, theta=theta)
         if self.variational:
             mu, logvar = out["z_mu"].float(), out["z_logvar"].float()
+            if rows is not None:
+                mu, logvar = mu[rows], logvar[rows]
             out["kl"] = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
         return out
 
@@ -258,6 +278,10 @@ class SCVGAE(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """:func:`scvgae_loss` on this model's output (same arguments)."""
         return scvgae_loss(out, x, counts, size_factors, **kwargs)
+
+
+def _masked_zinb(counts, mean, theta, pi_logits, mask):
+    return masked_mean(zinb_nll(counts, mean, theta, pi_logits, reduction="none"), mask)
 
 
 def scvgae_loss(
@@ -322,8 +346,12 @@ def scvgae_loss(
         if size_factors is not None:
             sf = size_factors.float()
             mean = mean * (sf.unsqueeze(1) if sf.dim() == 1 else sf)
-        nll = zinb_nll(counts.float(), mean, out["theta"].float(), out["pi_logits"].float(), reduction="none")
-        components["zinb"] = masked_mean(nll, zinb_mask)
+        args = (counts.float(), mean, out["theta"].float(), out["pi_logits"].float(), zinb_mask)
+        if torch.is_grad_enabled() and mean.requires_grad:
+            # recompute the elementwise terms in backward instead of keeping ~10 (n × n_genes) intermediates
+            components["zinb"] = checkpoint(_masked_zinb, *args, use_reentrant=False)
+        else:
+            components["zinb"] = _masked_zinb(*args)
         total = total + (1 - alpha) * components["zinb"]
     if "kl" in out and kl_weight > 0:
         components["kl"] = masked_mean(out["kl"].float(), kl_mask) / out["mean"].shape[1]

@@ -27,20 +27,22 @@ DEFAULTS: dict[str, Any] = {
     "n_pcs": 50,
     "percentile": 85,
     "alpha": 0.05,
-    "lr": 5e-4,
+    "lr": 1e-3,
     "weight_decay": 0.0,
     "hidden": 128,
-    "decoder_hidden": 1024,
+    "decoder_hidden": 256,
     "decoder_input": "latent",
     "heads": "gcn",
     "variational": False,
     "kl_weight": 1.0,
     "zinb_target": "counts",
     "add_back": True,
+    "add_back_init": 0.1,
     "mask_rate": 0.1,
     "mask_weight": 1.0,
-    "output": "fill",
+    "output": "recon",
     "transform": "auto",
+    "batch_size": 512,
     "precision": "32",
     "progress_bar": None,
 }
@@ -57,9 +59,9 @@ def scvgae_options() -> dict[str, Any]:
     ``alpha`` (0.05)
         Weight of the reconstruction MSE; ``1 - alpha`` weighs the ZINB negative log-likelihood of the raw
         counts (the paper's text: ``α·L_recon + (1 − α)·L_ZINB``; both mean-reduced, so α means what it says).
-    ``lr`` (5e-4), ``weight_decay`` (0)
+    ``lr`` (1e-3), ``weight_decay`` (0)
         Adam settings.
-    ``hidden`` (128), ``decoder_hidden`` (1024)
+    ``hidden`` (128), ``decoder_hidden`` (256)
         Width of the GCN encoder output and of the decoder's hidden layer.
     ``decoder_input`` (``"latent"``)
         Decode the reconstruction from the latent ``Z`` (lean) or from the ZINB mean (``"mean"``, the
@@ -71,19 +73,25 @@ def scvgae_options() -> dict[str, Any]:
     ``zinb_target`` (``"counts"``)
         What the ZINB likelihood models: the raw ``"counts"`` with per-cell size factors (ours, as DCA and
         scVI), or the ``"normalized"`` input values (what the published code does; kept for the ablation).
-    ``add_back`` (True)
-        Add the gene-wise and cell-wise standardized input to the decoder output (the paper).
+    ``add_back`` (True), ``add_back_init`` (0.1)
+        Add the gene-wise and cell-wise standardized input to the decoder output (the paper), each scaled by a
+        learnable factor that starts at ``add_back_init`` (the paper's is 1, which puts the output far off the
+        input's scale until training shrinks it).
     ``mask_rate`` (0.1), ``mask_weight`` (1)
         Self-supervised masking: each epoch this fraction of the observed non-zeros is hidden from the
         input, and the model is also trained (weight ``mask_weight``) to recover them. Without it, the
         add-back makes the model copy its input and zeros stay zero. ``0`` turns it off.
-    ``output`` (``"fill"``)
-        ``"fill"``: observed non-zeros are kept and zeros replaced by the decoder's prediction;
-        ``"recon"``: the whole reconstruction (the paper's output).
+    ``output`` (``"recon"``)
+        ``"recon"``: the whole reconstruction (the paper's output); ``"fill"``: observed non-zeros are kept
+        and zeros replaced by the decoder's prediction.
     ``transform`` (``"auto"``)
         The model works on ``log1p`` of a linear layer (``"auto"`` does so for layers made by
         ``pp.normalize(method="total")``, and maps the output back with ``expm1``); ``"none"`` or
         ``"log1p"`` force it.
+    ``batch_size`` (512)
+        Cells per optimizer step: the encoder always propagates over the whole graph, and the heads, decoder
+        and losses run on a random batch of cells, so an epoch makes ``n_cells / batch_size`` steps and the
+        largest activations scale with the batch. ``None`` trains full-batch (one step per epoch).
     ``precision`` (``"32"``)
         ``"bf16"`` trains under bfloat16 autocast.
     ``progress_bar`` (None)
@@ -111,11 +119,13 @@ def _validate(opts: dict[str, Any]) -> None:
     for k, allowed in choices.items():
         if opts[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
+    if opts["batch_size"] is not None:
+        check_positive_int("batch_size", opts["batch_size"], minimum=2)
     for k in ("n_neighbors", "hidden", "decoder_hidden"):
         check_positive_int(k, opts[k], minimum=2 if k == "n_neighbors" else 1)
     check_fraction("alpha", opts["alpha"])
     check_fraction("mask_rate", opts["mask_rate"], high=1.0, closed=False)
-    for k in ("lr", "weight_decay", "kl_weight", "mask_weight"):
+    for k in ("lr", "weight_decay", "kl_weight", "mask_weight", "add_back_init"):
         v = opts[k]
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or (k == "lr" and v == 0):
             raise ValueError(f"{k} must be a non-negative number{' > 0' if k == 'lr' else ''}, got {v!r}.")
@@ -184,6 +194,7 @@ def run_scvgae(
         decoder_input=opts["decoder_input"],
         heads=opts["heads"],
         add_back=opts["add_back"],
+        add_back_init=float(opts["add_back_init"]),
         decoder_hidden=opts["decoder_hidden"],
         cached=True,
     )
@@ -200,19 +211,30 @@ def run_scvgae(
     gen = torch.Generator(device=dev)
     gen.manual_seed(0 if random_state is None else int(random_state))
 
+    batch_size = n_cells if not opts["batch_size"] else min(int(opts["batch_size"]), n_cells)
+
+    def batch_loss(module, x_in, hidden, rows):
+        out = module(x_in, edge_index, edge_weight, rows=rows)
+        xb = x if rows is None else x[rows]
+        cb = c if rows is None else c[rows]
+        sfb = sf if (sf is None or rows is None) else sf[rows]
+        comps = scvgae_loss(out, xb, cb, sfb, alpha=alpha, kl_weight=float(opts["kl_weight"]))
+        if hidden is not None and mask_weight > 0:
+            se = (out["recon"].float() - xb).pow(2)
+            comps["masked"] = masked_mean(se, hidden if rows is None else hidden[rows])
+            comps["loss"] = comps["loss"] + mask_weight * comps["masked"]
+        return comps
+
     def train_step(module, epoch):
         if mask_rate > 0:
             hidden = observed & (torch.rand(x.shape, generator=gen, device=dev) < mask_rate)
             x_in = x.masked_fill(hidden, 0.0)
         else:
             hidden, x_in = None, x
-        out = module(x_in, edge_index, edge_weight)
-        comps = scvgae_loss(out, x, c, sf, alpha=alpha, kl_weight=float(opts["kl_weight"]))
-        if hidden is not None and mask_weight > 0:
-            se = (out["recon"].float() - x).pow(2)
-            comps["masked"] = masked_mean(se, hidden)
-            comps["loss"] = comps["loss"] + mask_weight * comps["masked"]
-        return comps
+        if batch_size >= n_cells:
+            return batch_loss(module, x_in, hidden, None)
+        order = torch.randperm(n_cells, generator=gen, device=dev)
+        return (batch_loss(module, x_in, hidden, rows) for rows in order.split(batch_size))
 
     trainer = Trainer(
         model,

@@ -229,3 +229,18 @@ def test_gnnimpute_gradients_and_loss(data):
     losses["loss"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_rows_equal_slices_of_the_full_forward(data, variational):
+    """``rows=`` computes the heads, decoder and add-back for a batch only: the same numbers as slicing."""
+    x, _, _, ei, ew = data
+    torch.manual_seed(0)
+    model = small_scvgae(variational=variational, decoder_input="latent").eval()
+    rows = torch.tensor([3, 0, 17, 42])
+    with torch.no_grad():
+        full = model(x, ei, ew)
+        part = model(x, ei, ew, rows=rows)
+    for key in ("recon", "mean", "pi_logits", "theta") + (("kl",) if variational else ()):
+        torch.testing.assert_close(part[key], full[key][rows], rtol=1e-5, atol=1e-5)
+    assert part["z"].shape[0] == N_CELLS  # the latent of every cell
