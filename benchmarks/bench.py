@@ -49,7 +49,9 @@ ABLATIONS = {
     "ZINB on normalized values": {"zinb_target": "normalized"},
     "decoder from ZINB mean (paper shape)": {"decoder_input": "mean"},
     "no self-supervised masking": {"mask_rate": 0.0},
-    "output = reconstruction": {"output": "recon"},
+    "output = fill (observed kept)": {"output": "fill"},
+    "no calibration to the input scale": {"calibrate": False},
+    "add-back scale starts at 0.1": {"add_back_init": 0.1},
     "bf16": {"precision": "bf16"},
 }
 

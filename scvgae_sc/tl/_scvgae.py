@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "kl_weight": 1.0,
     "zinb_target": "counts",
     "add_back": True,
-    "add_back_init": 0.1,
+    "add_back_init": 1.0,
+    "calibrate": True,
     "mask_rate": 0.1,
     "mask_weight": 1.0,
     "output": "recon",
@@ -73,10 +74,13 @@ def scvgae_options() -> dict[str, Any]:
     ``zinb_target`` (``"counts"``)
         What the ZINB likelihood models: the raw ``"counts"`` with per-cell size factors (ours, as DCA and
         scVI), or the ``"normalized"`` input values (what the published code does; kept for the ablation).
-    ``add_back`` (True), ``add_back_init`` (0.1)
+    ``add_back`` (True), ``add_back_init`` (1)
         Add the gene-wise and cell-wise standardized input to the decoder output (the paper), each scaled by a
-        learnable factor that starts at ``add_back_init`` (the paper's is 1, which puts the output far off the
-        input's scale until training shrinks it).
+        learnable factor that starts at ``add_back_init`` (the paper's 1). The standardized terms put the raw
+        reconstruction on a z-score-like scale, hence ``calibrate``.
+    ``calibrate`` (True)
+        Map the reconstruction back to the input layer's scale with a per-gene least-squares line fitted on
+        the input (``output="recon"`` only): the contract's "same scale as the input layer".
     ``mask_rate`` (0.1), ``mask_weight`` (1)
         Self-supervised masking: each epoch this fraction of the observed non-zeros is hidden from the
         input, and the model is also trained (weight ``mask_weight``) to recover them. Without it, the
@@ -116,6 +120,9 @@ def _validate(opts: dict[str, Any]) -> None:
         "zinb_target": ("counts", "normalized"),
         "precision": ("32", "bf16"),
     }
+    for k in ("variational", "add_back", "calibrate"):
+        if not isinstance(opts[k], bool | np.bool_):
+            raise TypeError(f"{k} must be True or False, got {opts[k]!r}.")
     for k, allowed in choices.items():
         if opts[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
@@ -129,6 +136,15 @@ def _validate(opts: dict[str, Any]) -> None:
         v = opts[k]
         if not isinstance(v, int | float) or isinstance(v, bool) or v < 0 or (k == "lr" and v == 0):
             raise ValueError(f"{k} must be a non-negative number{' > 0' if k == 'lr' else ''}, got {v!r}.")
+
+
+def _calibrate(recon, x):
+    """Per-gene least-squares line from ``recon`` to ``x`` (both ``(n_cells, n_genes)``), applied to ``recon``."""
+    r_mean, x_mean = recon.mean(0), x.mean(0)
+    rc = recon - r_mean
+    var = rc.pow(2).mean(0)
+    slope = (rc * (x - x_mean)).mean(0) / var.clamp_min(1e-12)
+    return rc * slope + x_mean
 
 
 def run_scvgae(
@@ -249,7 +265,10 @@ def run_scvgae(
     start = logg.info(f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}")
     history = trainer.fit(train_step)
     out = trainer.predict(lambda m: m(x, edge_index, edge_weight))
-    recon = out["recon"].float().clamp_min(0)
+    recon = out["recon"].float()
+    if opts["calibrate"] and opts["output"] == "recon":
+        recon = _calibrate(recon, x)
+    recon = recon.clamp_min(0)
     imputed = torch.where(observed, x, recon) if opts["output"] == "fill" else recon
     imputed = imputed.cpu().numpy()
     if transform == "log1p":
