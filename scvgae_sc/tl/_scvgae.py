@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "calibrate": True,
     "mask_rate": 0.1,
     "mask_weight": 1.0,
-    "output": "recon",
+    "output": "fill",
     "transform": "auto",
     "batch_size": 512,
     "precision": "32",
@@ -85,9 +85,10 @@ def scvgae_options() -> dict[str, Any]:
         Self-supervised masking: each epoch this fraction of the observed non-zeros is hidden from the
         input, and the model is also trained (weight ``mask_weight``) to recover them. Without it, the
         add-back makes the model copy its input and zeros stay zero. ``0`` turns it off.
-    ``output`` (``"recon"``)
-        ``"recon"``: the whole reconstruction (the paper's output); ``"fill"``: observed non-zeros are kept
-        and zeros replaced by the decoder's prediction.
+    ``output`` (``"fill"``)
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the decoder's prediction (best at
+        recovering hidden values); ``"recon"``: the whole reconstruction, the paper's output, calibrated to
+        the input's scale (keeps clustering at the un-imputed level; use it when you cluster on the result).
     ``transform`` (``"auto"``)
         The model works on ``log1p`` of a linear layer (``"auto"`` does so for layers made by
         ``pp.normalize(method="total")``, and maps the output back with ``expm1``); ``"none"`` or

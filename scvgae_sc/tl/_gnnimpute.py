@@ -1,0 +1,381 @@
+"""GNNImpute behind :func:`scvgae_sc.tl.impute`: AnnData-free arrays in, :class:`ImputeResult` out."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._utils import to_dense_array
+from ..pp._cell_graph import compute_graph
+from ._common import (
+    check_fraction,
+    check_positive_int,
+    edge_tensors,
+    history_arrays,
+    progress_enabled,
+    size_factors,
+)
+from ._impute import ImputeResult
+
+#: Defaults of the method's own options (see :func:`gnnimpute_options`).
+DEFAULTS: dict[str, Any] = {
+    "n_neighbors": 5,
+    "n_pcs": 50,
+    "patience": 200,
+    "lr": 1e-3,
+    "weight_decay": 5e-4,
+    "hidden": 512,
+    "latent": 50,
+    "heads": 3,
+    "dropout": 0.5,
+    "attention_dropout": 0.6,
+    "split": (0.6, 0.2, 0.2),
+    "mask_rate": 0.1,
+    "mask_weight": 1.0,
+    "output": "fill",
+    "precision": "32",
+    "progress_bar": None,
+}
+MAX_EPOCHS = 3000
+#: Fewer cells cannot be split into training, validation and test cells.
+MIN_CELLS = 10
+
+
+def gnnimpute_options() -> dict[str, Any]:
+    """Return the options of ``tl.impute(method="gnnimpute", ...)`` and their defaults.
+
+    What the method does (Xu et al., 2021, with the changes noted):
+
+    * Input: ``log1p`` of the input layer, then z-scored per gene (genes without variance are only centred).
+      The input layer should be linear normalized counts (``pp.normalize(method="total")``); other layers
+      work but draw a warning.
+    * Graph (when no ``graph_key`` is given): PCA (``n_pcs``) of ``log1p`` of the input layer, then each
+      cell's ``n_neighbors`` nearest cells counting itself, row-normalized — ``pp.cell_graph(method="knn",
+      n_neighbors=5, self_loops=True, normalize="row")`` on that matrix. GAT attention computes its own
+      edge weights, so only the neighbour sets matter; every cell attends to itself once.
+    * Network: two GAT layers (heads averaged) with BatchNorm, ReLU and dropout, a decoder ``Linear →
+      BatchNorm → ReLU → Linear → ReLU`` (:class:`scvgae_sc.nn.GNNImputeModule`), sparse message passing.
+      The bias of the decoder's last layer starts at each gene's mean of the input layer (not in the published
+      code; the same results in about half the epochs).
+    * Scale: the decoder output is the expression on the input layer's scale; in training it is
+      multiplied by each cell's size factor (library size / median library size, from the counts layer)
+      and compared with the input layer times the same factor — for a ``"total"`` layer, that is the
+      cell's counts (as DCA, whose size-factor decoder GNNImpute's follows). The loss is thus the MSE on
+      the layer's scale weighted by ``size_factor²``. The imputed matrix is the decoder output itself, on
+      the input layer's scale.
+    * Training: cells are split at random (``random_state``) into training, validation and test cells
+      (``split``); the loss is the MSE over all entries of the training cells, early stopping watches the
+      same loss on the validation cells (``val_loss``), and the best epoch's weights are kept (in memory).
+      The test cells' MSE is reported as ``history["test_mse"]``.
+
+    ``n_neighbors`` (5), ``n_pcs`` (50)
+        The kNN graph built when no ``graph_key`` is given (``n_neighbors`` counts the cell itself).
+    ``patience`` (200)
+        Epochs without improvement of the validation loss before training stops.
+    ``lr`` (1e-3), ``weight_decay`` (5e-4)
+        Adam settings.
+    ``hidden`` (512), ``latent`` (50), ``heads`` (3)
+        Width of the first GAT layer and of the decoder's hidden layer; width of the latent space
+        (``obsm["X_gnnimpute"]``); attention heads per GAT layer (averaged).
+    ``dropout`` (0.5), ``attention_dropout`` (0.6)
+        Dropout after each encoder block and on the attention coefficients (the published values).
+    ``split`` ((0.6, 0.2, 0.2))
+        Fractions of cells for training, validation (early stopping) and test; they must sum to 1 and give at
+        least one training and one validation cell.
+    ``mask_rate`` (0.1), ``mask_weight`` (1)
+        Self-supervised masking (not in the published method): each epoch this fraction of the observed
+        non-zeros is hidden from the input (set to the value of a zero), and the model is also trained
+        (weight ``mask_weight``) to recover the hidden entries of the training cells. The validation loss
+        includes the same term for a fixed mask of the validation cells, so early stopping watches
+        imputation, not only reconstruction. ``0`` turns it off (the published training).
+    ``output`` (``"fill"``)
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction;
+        ``"recon"``: the model's output everywhere (the published output).
+    ``precision`` (``"32"``)
+        ``"bf16"`` trains under bfloat16 autocast.
+    ``progress_bar`` (None)
+        Show a progress bar (default: at Scanpy verbosity ``info`` or above).
+    """
+    return dict(DEFAULTS)
+
+
+def _check_number(name: str, value: Any, *, positive: bool = False) -> float:
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}.")
+    return float(value)
+
+
+def _check_split(split: Any) -> tuple[float, float, float]:
+    try:
+        fractions = tuple(float(f) for f in split)
+    except (TypeError, ValueError):
+        fractions = ()
+    if len(fractions) != 3 or any(not math.isfinite(f) or f < 0 for f in fractions):
+        raise ValueError(f"split must be three non-negative fractions (train, validation, test), got {split!r}.")
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split fractions must sum to 1, got {split!r} (sum {sum(fractions):g}).")
+    return fractions  # type: ignore[return-value]
+
+
+def _validate(opts: dict[str, Any]) -> None:
+    unknown = set(opts) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(
+            f"Unknown option(s) for method='gnnimpute': {', '.join(sorted(unknown))}. "
+            f"Known: {', '.join(sorted(DEFAULTS))}."
+        )
+    choices = {"output": ("fill", "recon"), "precision": ("32", "bf16")}
+    for k, allowed in choices.items():
+        if opts[k] not in allowed:
+            raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
+    check_positive_int("n_neighbors", opts["n_neighbors"], minimum=2)
+    if opts["n_pcs"] is not None:
+        check_positive_int("n_pcs", opts["n_pcs"], minimum=0)
+    for k in ("patience", "hidden", "latent", "heads"):
+        check_positive_int(k, opts[k])
+    check_fraction("dropout", opts["dropout"], high=1.0, closed=False)
+    check_fraction("attention_dropout", opts["attention_dropout"], high=1.0, closed=False)
+    check_fraction("mask_rate", opts["mask_rate"], high=1.0, closed=False)
+    _check_number("lr", opts["lr"], positive=True)
+    _check_number("weight_decay", opts["weight_decay"])
+    _check_number("mask_weight", opts["mask_weight"])
+    _check_split(opts["split"])
+
+
+def split_cells(
+    n_cells: int, split: tuple[float, float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks of training, validation and test cells drawn with ``rng``.
+
+    As the published code: ``floor(n · (val + test))`` cells are held out, of which
+    ``floor(held_out · test / (val + test))`` are test cells and the rest validation cells.
+
+    Raises
+    ------
+    ValueError
+        When there are fewer than :data:`MIN_CELLS` cells, or the split leaves no training or no validation cell.
+    """
+    if n_cells < MIN_CELLS:
+        raise ValueError(
+            f"GNNImpute needs at least {MIN_CELLS} cells to split them into training, validation and test cells; "
+            f"got {n_cells}."
+        )
+    _, val, test = split
+    n_held = int(math.floor(n_cells * (val + test) + 1e-9))
+    n_test = int(math.floor(n_held * test / (val + test) + 1e-9)) if n_held else 0
+    n_val = n_held - n_test
+    n_train = n_cells - n_held
+    if n_val < 1 or n_train < 1:
+        raise ValueError(
+            f"split={tuple(split)} gives {n_train} training, {n_val} validation and {n_test} test cells out of "
+            f"{n_cells}; GNNImpute needs at least one training and one validation cell (early stopping watches the "
+            "validation loss). Raise the training and validation fractions."
+        )
+    order = rng.permutation(n_cells)
+    masks = []
+    for idx in (order[n_held:], order[n_test:n_held], order[:n_test]):
+        m = np.zeros(n_cells, dtype=bool)
+        m[idx] = True
+        masks.append(m)
+    return masks[0], masks[1], masks[2]
+
+
+def run_gnnimpute(
+    X,
+    counts,
+    *,
+    provided_graph: tuple[sparse.csr_matrix, dict] | None,
+    normalization: str | None,
+    max_epochs: int | None,
+    device: str,
+    random_state: int | None,
+    **options: Any,
+) -> ImputeResult:
+    """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`gnnimpute_options`."""
+    opts = {**DEFAULTS, **options}
+    _validate(opts)
+    split = _check_split(opts["split"])
+    n_cells, n_genes = X.shape
+    n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
+    rng = np.random.default_rng(random_state)
+    train_cells, val_cells, test_cells = split_cells(n_cells, split, rng)
+    if provided_graph is not None and provided_graph[0].shape != (n_cells, n_cells):
+        shape = provided_graph[0].shape
+        raise ValueError(f"The graph is {shape[0]} × {shape[1]}, but the data has {n_cells} cells.")
+    if provided_graph is None and opts["n_neighbors"] >= n_cells:
+        raise ValueError(
+            f"n_neighbors={opts['n_neighbors']} (the cell itself included) needs more than {n_cells} cells; "
+            "lower n_neighbors."
+        )
+
+    import torch
+    import torch.nn.functional as F
+
+    from ..nn import GNNImputeModule, Trainer, resolve_device
+
+    dev = resolve_device(device)
+    if normalization != "total":
+        how = f"was made by normalize(method={normalization!r})" if normalization else "has an unknown normalization"
+        logg.warning(
+            f"GNNImpute models linear normalized counts (pp.normalize(method='total')), but the input layer {how}; "
+            "running on it anyway. The output is on the input layer's scale."
+        )
+
+    # model input: log1p, then z-score per gene
+    Xlin = to_dense_array(X, np.float32)
+    Xlog = np.log1p(Xlin)
+    mean = Xlog.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = Xlog.std(axis=0, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    Xz = (Xlog - mean) / std
+    zero_z = -mean / std  # what a zero becomes
+    del mean, std
+
+    if provided_graph is not None:
+        A, graph_info = provided_graph
+    else:
+        A, _ = compute_graph(
+            sparse.csr_matrix(X, dtype=np.float32).log1p() if sparse.issparse(X) else Xlog,
+            method="knn",
+            n_neighbors=opts["n_neighbors"],
+            n_pcs=opts["n_pcs"],
+            self_loops=True,
+            normalize="row",
+            random_state=random_state,
+        )
+        graph_info = {
+            "key": "",
+            "method": "knn",
+            "n_neighbors": opts["n_neighbors"],
+            "n_pcs": opts["n_pcs"],
+            "self_loops": True,
+            "normalize": "row",
+            "input": "log1p",
+        }
+    graph_info["n_edges"] = int(A.nnz)
+    del Xlog
+
+    if random_state is not None:
+        torch.manual_seed(int(random_state))
+    model = GNNImputeModule(
+        n_genes,
+        hidden=opts["hidden"],
+        latent=opts["latent"],
+        heads=opts["heads"],
+        dropout=float(opts["dropout"]),
+        attention_dropout=float(opts["attention_dropout"]),
+        add_self_loops=True,
+    )
+    with torch.no_grad():  # start at each gene's mean: from ~0 the ReLU decoder needs hundreds of epochs to get there
+        model.decoder[-2].bias.copy_(torch.from_numpy(Xlin.mean(axis=0, dtype=np.float64).astype(np.float32)))
+    x = torch.from_numpy(Xz).to(dev)
+    del Xz
+    zero_z = torch.from_numpy(zero_z).to(dev)
+    sf = torch.from_numpy(size_factors(counts)).to(dev)
+    target = torch.from_numpy(Xlin).to(dev)
+    edge_index, _ = edge_tensors(A, dev)
+    # Losses index the few entries they need instead of building n_cells × n_genes masks: training peaks
+    # stay at a few dense copies of the data.
+    train_rows, val_rows = (torch.from_numpy(np.flatnonzero(m)).to(dev) for m in (train_cells, val_cells))
+    # the layer on the count scale (for a "total" layer, the counts): what decoder output × size factor is fit to
+    train_target, val_target = (target[r] * sf[r].unsqueeze(1) for r in (train_rows, val_rows))
+    observed = torch.nonzero(target.reshape(-1) > 0).squeeze(1)  # flat indices of the observed non-zeros
+    cell_of = observed // n_genes
+    in_train = torch.from_numpy(train_cells).to(dev)[cell_of]
+    in_val = torch.from_numpy(val_cells).to(dev)[cell_of]
+    del cell_of
+
+    mask_rate, mask_weight = float(opts["mask_rate"]), float(opts["mask_weight"])
+    use_mask = mask_rate > 0 and mask_weight > 0
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0 if random_state is None else int(random_state))
+
+    def draw_mask() -> torch.Tensor:
+        """Which observed non-zeros to hide (a boolean vector over ``observed``)."""
+        return torch.rand(observed.shape, generator=gen, device=dev) < mask_rate
+
+    def corrupt(hidden: torch.Tensor | None) -> torch.Tensor:
+        if hidden is None:
+            return x
+        flat = observed[hidden]
+        x_in = x.clone()
+        x_in.view(-1)[flat] = zero_z[flat % n_genes]
+        return x_in
+
+    def losses(
+        out: dict[str, torch.Tensor], rows: torch.Tensor, rows_target: torch.Tensor, hidden_here: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """MSE over all entries of ``rows`` (+ ``mask_weight`` × MSE over the hidden entries ``hidden_here``)."""
+        recon = out["recon"].float()
+        comps = {"mse": F.mse_loss(recon[rows], rows_target)}
+        comps["loss"] = comps["mse"]
+        if hidden_here is not None:
+            flat = observed[hidden_here]
+            if flat.numel():
+                masked = F.mse_loss(recon.reshape(-1)[flat], target.reshape(-1)[flat] * sf[flat // n_genes])
+            else:
+                masked = recon.sum() * 0
+            comps["masked"] = masked
+            comps["loss"] = comps["loss"] + mask_weight * masked
+        return comps
+
+    val_hidden = draw_mask() if use_mask else None
+
+    def train_step(module, epoch):
+        hidden = draw_mask() if use_mask else None
+        out = module(corrupt(hidden), edge_index, sf)
+        return losses(out, train_rows, train_target, hidden & in_train if use_mask else None)
+
+    def val_step(module):
+        out = module(corrupt(val_hidden), edge_index, sf)
+        return losses(out, val_rows, val_target, val_hidden & in_val if use_mask else None)
+
+    trainer = Trainer(
+        model,
+        lr=float(opts["lr"]),
+        weight_decay=float(opts["weight_decay"]),
+        max_epochs=n_epochs,
+        device=dev,
+        early_stopping=True,
+        patience=int(opts["patience"]),
+        progress_bar=progress_enabled(opts["progress_bar"]),
+        random_state=random_state,
+        precision=opts["precision"],
+    )
+    start = logg.info(
+        f"    training GNNImpute on {n_cells} cells × {n_genes} genes ({int(train_cells.sum())} training, "
+        f"{int(val_cells.sum())} validation, {int(test_cells.sum())} test cells), {A.nnz} edges, {dev}"
+    )
+    history = trainer.fit(train_step, val_step)
+    # without size factors the decoder output is on the input layer's scale
+    out = trainer.predict(lambda m: m(x, edge_index))
+    pred = out["recon"].float().clamp_min(0)
+    if test_cells.any():
+        test_rows = torch.from_numpy(np.flatnonzero(test_cells)).to(dev)
+        history["test_mse"] = float(F.mse_loss(pred[test_rows], target[test_rows]))
+    imputed = torch.where(target > 0, target, pred) if opts["output"] == "fill" else pred
+    imputed = imputed.cpu().numpy()
+    latent = out["z"].float().cpu().numpy()
+    logg.debug(
+        f"    stopped after {history['n_epochs']} epochs (best epoch {history['best_epoch']})",
+        time=start,
+    )
+
+    params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
+    params.update(max_epochs_used=n_epochs, n_train=int(train_cells.sum()), n_val=int(val_cells.sum()))
+    params["n_test"] = int(test_cells.sum())
+    return ImputeResult(
+        imputed=np.ascontiguousarray(imputed, dtype=np.float32),
+        latent=np.ascontiguousarray(latent, dtype=np.float32),
+        history=history_arrays(history),
+        params=params,
+        graph=sparse.csr_matrix(A, dtype=np.float32),
+        graph_info=graph_info,
+        device=str(dev),
+    )

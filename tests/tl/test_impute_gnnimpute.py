@@ -1,0 +1,273 @@
+from __future__ import annotations
+
+import importlib
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scvgae_sc as sv
+from scvgae_sc.tl._common import size_factors
+
+gnn_module = importlib.import_module("scvgae_sc.tl._gnnimpute")
+
+EPOCHS = 4
+#: A narrow network for tests that train for a while (the published widths are tested in the contract test).
+SMALL = {"hidden": 64, "latent": 16, "progress_bar": False}
+
+
+@pytest.fixture
+def prepared(pbmc68k):
+    sv.pp.filter(pbmc68k)
+    sv.pp.normalize(pbmc68k, method="total", key_added="total")
+    return pbmc68k
+
+
+def _dense(X) -> np.ndarray:
+    return X.toarray() if sparse.issparse(X) else np.asarray(X)
+
+
+def _snapshot(adata):
+    return (
+        {k: _dense(v).copy() for k, v in adata.layers.items()},
+        set(adata.obsm),
+        set(adata.obsp),
+        set(adata.uns),
+    )
+
+
+def _same(adata, snap):
+    layers, obsm, obsp, uns = snap
+    assert set(adata.layers) == set(layers) and set(adata.obsm) == obsm
+    assert set(adata.obsp) == obsp and set(adata.uns) == uns
+    for k, v in layers.items():
+        np.testing.assert_array_equal(_dense(adata.layers[k]), v)
+
+
+def test_contract_keys_graph_history_and_h5ad(prepared, tmp_path):
+    X_before = prepared.X.copy()
+    sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=EPOCHS, progress_bar=False)
+    out = prepared.layers["gnnimpute"]
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == prepared.shape
+    assert np.isfinite(out).all() and out.min() >= 0
+    # output="fill": observed values are kept, on the input layer's scale
+    inp = _dense(prepared.layers["total"])
+    np.testing.assert_allclose(out[inp > 0], inp[inp > 0], rtol=1e-6)
+    assert (prepared.X != X_before).nnz == 0, "X untouched"
+
+    assert prepared.obsm["X_gnnimpute"].shape == (prepared.n_obs, 50)
+    A = prepared.obsp["gnnimpute_connectivities"]
+    assert sparse.issparse(A) and A.shape == (prepared.n_obs,) * 2
+    np.testing.assert_array_equal(A.getnnz(axis=1), 5)  # 5 entries per row, the cell itself one of them
+    assert (A.diagonal() > 0).all()
+    np.testing.assert_allclose(np.asarray(A.sum(axis=1)).ravel(), 1, rtol=1e-5)
+
+    u = prepared.uns["gnnimpute"]
+    assert {"params", "history", "graph", "device", "runtime_s", "version"} <= set(u)
+    assert u["device"] == "cpu" and u["version"] == sv.__version__ and u["runtime_s"] > 0
+    p = u["params"]
+    assert p["method"] == "gnnimpute" and p["random_state"] == 0 and p["layer"] == "total"
+    assert p["n_neighbors"] == 5 and p["heads"] == 3 and p["patience"] == 200 and p["lr"] == 1e-3
+    assert p["n_train"] + p["n_val"] + p["n_test"] == prepared.n_obs
+    assert (p["n_train"], p["n_val"], p["n_test"]) == (420, 140, 140)
+    assert u["graph"]["n_neighbors"] == 5 and u["graph"]["normalize"] == "row"
+    h = u["history"]
+    assert {"loss", "mse", "masked", "val_loss", "val_mse", "best_epoch", "stopped_epoch", "test_mse"} <= set(h)
+    assert len(h["loss"]) == len(h["val_loss"]) == EPOCHS
+    assert int(h["best_epoch"]) == int(np.argmin(h["val_loss"]))
+    assert int(h["stopped_epoch"]) == EPOCHS - 1 and not bool(h["stopped_early"])
+    assert np.isfinite(h["test_mse"])
+
+    path = tmp_path / "imputed.h5ad"
+    prepared.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.layers["gnnimpute"], out)
+    np.testing.assert_array_equal(back.obsm["X_gnnimpute"], prepared.obsm["X_gnnimpute"])
+    np.testing.assert_array_equal(back.uns["gnnimpute"]["history"]["val_loss"], h["val_loss"])
+    assert int(back.uns["gnnimpute"]["history"]["best_epoch"]) == int(h["best_epoch"])
+    assert list(back.uns["gnnimpute"]["params"]["split"]) == [0.6, 0.2, 0.2]
+
+
+def test_short_run_recovers_masked_values_on_the_input_scale(prepared):
+    """A short CPU run beats leaving hidden values at zero, and its output is on the input layer's scale."""
+    sv.pp.mask_dropouts(prepared, layer="total", random_state=0)
+    sv.tl.impute(
+        prepared,
+        method="gnnimpute",
+        layer="masked",
+        counts_layer="masked_counts",
+        max_epochs=150,
+        lr=0.01,  # the published 1e-3 needs hundreds of epochs
+        output="recon",
+        **SMALL,
+    )
+    raw = sv.tl.score_imputation(prepared, "masked", truth_layer="total")
+    imp = sv.tl.score_imputation(prepared, "gnnimpute", truth_layer="total")
+    assert imp["mse"] < 0.5 * raw["mse"]
+    assert imp["pearson"] > 0.5
+    # the reconstruction of observed entries is close to the input layer (not to counts, not to log1p)
+    inp = _dense(prepared.layers["masked"])
+    rec = prepared.layers["gnnimpute"]
+    obs = inp > 0
+    assert np.corrcoef(rec[obs], inp[obs])[0, 1] > 0.8
+    ratio = rec[obs].sum() / inp[obs].sum()
+    assert 0.6 < ratio < 1.2, ratio  # shrunk towards the gene means, as any MSE fit is
+    per_cell = rec.sum(axis=1) / _dense(prepared.layers["total"]).sum(axis=1)
+    assert 0.8 < np.median(per_cell) < 1.3, np.median(per_cell)
+    # on the count scale (layer × size factor) the per-cell ratio would grow with the size factor (slope 1)
+    sf = size_factors(prepared.layers["masked_counts"])
+    slope = np.polyfit(np.log(sf), np.log(per_cell), 1)[0]
+    assert abs(slope) < 0.4, slope
+
+
+def test_determinism_and_copy(prepared):
+    kw = {"method": "gnnimpute", "layer": "total", "max_epochs": 3, "copy": True, **SMALL}
+    snap = _snapshot(prepared)
+    a = sv.tl.impute(prepared, random_state=1, **kw)
+    b = sv.tl.impute(prepared, random_state=1, **kw)
+    c = sv.tl.impute(prepared, random_state=2, **kw)
+    assert isinstance(a, ad.AnnData) and a is not prepared
+    np.testing.assert_array_equal(a.layers["gnnimpute"], b.layers["gnnimpute"])
+    np.testing.assert_array_equal(a.obsm["X_gnnimpute"], b.obsm["X_gnnimpute"])
+    np.testing.assert_array_equal(a.uns["gnnimpute"]["history"]["loss"], b.uns["gnnimpute"]["history"]["loss"])
+    assert not np.array_equal(a.layers["gnnimpute"], c.layers["gnnimpute"])
+    assert "gnnimpute" not in prepared.layers and "gnnimpute" not in prepared.uns, "copy=True leaves the input alone"
+    assert "X_gnnimpute" not in prepared.obsm and "gnnimpute_connectivities" not in prepared.obsp
+    _same(prepared, snap)
+
+
+def test_options_documented():
+    opts = gnn_module.gnnimpute_options()
+    assert opts == gnn_module.DEFAULTS and opts is not gnn_module.DEFAULTS
+    doc = gnn_module.gnnimpute_options.__doc__
+    for k in opts:
+        assert f"``{k}``" in doc, k
+    published = {"n_neighbors": 5, "n_pcs": 50, "patience": 200, "lr": 1e-3, "weight_decay": 5e-4}
+    published.update(hidden=512, latent=50, heads=3, dropout=0.5, split=(0.6, 0.2, 0.2))
+    assert {k: opts[k] for k in published} == published
+    assert gnn_module.MAX_EPOCHS == 3000
+
+
+def test_graph_key_key_added_and_options(prepared):
+    sv.pp.cell_graph(prepared, layer="total", n_neighbors=8, key_added="g")
+    opts = {"precision": "bf16", "mask_rate": 0.0, "output": "recon", "split": (0.5, 0.3, 0.2), "heads": 2}
+    sv.tl.impute(
+        prepared, method="gnnimpute", layer="total", graph_key="g", key_added="imp", max_epochs=2, **SMALL, **opts
+    )
+    assert "imp" in prepared.layers and "X_imp" in prepared.obsm and "imp" in prepared.uns
+    out = prepared.layers["imp"]
+    assert out.shape == prepared.shape and np.isfinite(out).all() and out.min() >= 0
+    assert (prepared.obsp["imp_connectivities"] != prepared.obsp["g_connectivities"]).nnz == 0
+    u = prepared.uns["imp"]
+    assert u["graph"]["key"] == "g" and u["params"]["graph_key"] == "g"
+    assert (u["params"]["n_train"], u["params"]["n_val"], u["params"]["n_test"]) == (350, 210, 140)
+    assert "masked" not in u["history"], "mask_rate=0: no masked term"
+    for k, v in opts.items():
+        assert u["params"][k] == (list(v) if isinstance(v, tuple) else v)
+
+
+def test_early_stopping_restores_best(prepared):
+    sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=60, patience=2, lr=0.05, **SMALL)
+    h = prepared.uns["gnnimpute"]["history"]
+    assert bool(h["stopped_early"]) and len(h["val_loss"]) < 60
+    assert int(h["stopped_epoch"]) - int(h["best_epoch"]) == 2
+    assert int(h["best_epoch"]) == int(np.argmin(h["val_loss"]))
+
+
+def test_warns_on_non_linear_layer(prepared, monkeypatch):
+    sv.pp.normalize(prepared, method="log1p", key_added="log1p")
+    messages = []
+    monkeypatch.setattr(gnn_module.logg, "warning", lambda msg, **kw: messages.append(msg))
+    sv.tl.impute(prepared, method="gnnimpute", layer="log1p", max_epochs=1, **SMALL)
+    assert any("linear normalized counts" in m and "'log1p'" in m for m in messages)
+    assert prepared.layers["gnnimpute"].shape == prepared.shape, "it still runs"
+    messages.clear()
+    sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=1, **SMALL)
+    assert not messages
+
+
+def test_split_cells():
+    rng = np.random.default_rng(0)
+    tr, va, te = gnn_module.split_cells(100, (0.6, 0.2, 0.2), rng)
+    assert (tr.sum(), va.sum(), te.sum()) == (60, 20, 20)
+    np.testing.assert_array_equal(tr.astype(int) + va + te, 1)
+    tr2, _, _ = gnn_module.split_cells(100, (0.6, 0.2, 0.2), np.random.default_rng(0))
+    np.testing.assert_array_equal(tr, tr2)
+    tr, va, te = gnn_module.split_cells(10, (0.6, 0.2, 0.2), rng)
+    assert (tr.sum(), va.sum(), te.sum()) == (6, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "exc", "match"),
+    [
+        (lambda a: a.layers["total"].data.__setitem__(0, np.nan), {}, ValueError, "NaN"),
+        (lambda a: a.layers.__setitem__("counts", a.layers["counts"] * 0.5), {}, ValueError, "non-integer"),
+        (None, {"counts_layer": "total"}, ValueError, "non-integer"),
+        (None, {"layer": "nope"}, ValueError, "no layer 'nope'"),
+        (None, {"device": "cuda"}, ValueError, "CUDA"),
+        (None, {"graph_key": "missing"}, ValueError, "No graph 'missing'"),
+        (None, {"split": (0.8, 0.0, 0.2)}, ValueError, "0 validation"),
+        (None, {"split": (1.0, 0.0, 0.0)}, ValueError, "validation"),
+        (None, {"split": (0.6, 0.2, 0.3)}, ValueError, "sum to 1"),
+        (None, {"split": (0.6, 0.4)}, ValueError, "three"),
+        (None, {"n_neighbors": 700}, ValueError, "n_neighbors"),
+        (None, {"n_neighbors": 1}, ValueError, "n_neighbors"),
+        (None, {"mask_rate": 1.0}, ValueError, "mask_rate"),
+        (None, {"dropout": -0.1}, ValueError, "dropout"),
+        (None, {"lr": 0}, ValueError, "lr"),
+        (None, {"patience": 0}, ValueError, "patience"),
+        (None, {"output": "dense"}, ValueError, "output"),
+        (None, {"precision": "16"}, ValueError, "precision"),
+        (None, {"alpha": 0.5}, TypeError, "Unknown option"),
+    ],
+)
+def test_bad_input_leaves_adata_unchanged(prepared, mutate, kwargs, exc, match):
+    if mutate is not None:
+        mutate(prepared)
+    kwargs = {"method": "gnnimpute", "layer": "total", "max_epochs": 1, "progress_bar": False, **kwargs}
+    snap = _snapshot(prepared)
+    with pytest.raises(exc, match=match):
+        sv.tl.impute(prepared, **kwargs)
+    _same(prepared, snap)
+
+
+@pytest.mark.parametrize(
+    ("n_cells", "kwargs", "match"),
+    [
+        (9, {}, "at least 10 cells"),
+        (10, {"n_neighbors": 10}, "n_neighbors"),
+        (12, {"split": (0.95, 0.02, 0.03)}, "0 validation"),
+    ],
+)
+def test_too_few_cells(prepared, n_cells, kwargs, match):
+    small = prepared[:n_cells].copy()
+    snap = _snapshot(small)
+    with pytest.raises(ValueError, match=match):
+        sv.tl.impute(small, method="gnnimpute", layer="total", max_epochs=1, progress_bar=False, **kwargs)
+    _same(small, snap)
+
+
+def test_graph_of_wrong_size_refused(prepared, monkeypatch):
+    """anndata keeps obsp aligned, so a mismatched graph can only come from elsewhere: the runner refuses it too."""
+    impute_module = importlib.import_module("scvgae_sc.tl._impute")
+    sv.pp.cell_graph(prepared, layer="total", n_neighbors=5, key_added="g")
+    wrong = sparse.identity(prepared.n_obs - 1, format="csr", dtype=np.float32)
+    monkeypatch.setattr(impute_module, "graph_from_key", lambda adata, key: (wrong, {"key": key}))
+    snap = _snapshot(prepared)
+    with pytest.raises(ValueError, match="699 × 699.*700 cells"):
+        sv.tl.impute(prepared, method="gnnimpute", layer="total", graph_key="g", max_epochs=1, progress_bar=False)
+    _same(prepared, snap)
+
+
+def test_interrupt_leaves_adata_untouched(prepared, monkeypatch):
+    from scvgae_sc.nn import Trainer
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    snap = _snapshot(prepared)
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted"):
+        sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=2, progress_bar=False)
+    _same(prepared, snap)
