@@ -22,6 +22,17 @@ def shared_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Test data are tiny: one intra-op thread is fastest, and immune to a busy second core."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def _pbmc68k_cached() -> ad.AnnData:
     import scvgae_sc as sv
