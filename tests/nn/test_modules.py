@@ -11,15 +11,6 @@ from scvgae_sc.nn import SCVGAE, GNNImputeModule, scvgae_loss
 N_CELLS, N_GENES = 50, 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and avoids spinning on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_knn_graph(n: int, k: int = 5, *, seed: int = 0, self_loops: bool = False):
     """A symmetric kNN graph on random points: (edge_index, edge_weight)."""
     g = torch.Generator().manual_seed(seed)

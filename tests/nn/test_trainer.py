@@ -8,15 +8,6 @@ from scvgae_sc.nn import SCVGAE, GNNImputeModule, Trainer, resolve_device, scvga
 N_CELLS, N_GENES = 50, 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and avoids spinning on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_knn_graph(n: int, k: int = 5, *, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     pts = torch.randn(n, 4, generator=g)

@@ -9,15 +9,6 @@ from scipy.special import expit
 from scvgae_sc.nn import masked_mean, nb_nll, zinb_nll
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and avoids spinning on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _reference(x, mu, theta, logits):
     """log NB and log ZINB from scipy, in float64."""
     log_nb = stats.nbinom.logpmf(x, theta, theta / (theta + mu))
