@@ -8,9 +8,33 @@ import numpy as np
 from scipy import sparse
 
 from .._utils import to_dense_array
+from ..pp._cell_graph import compute_graph
 
 if TYPE_CHECKING:
     import torch
+
+
+def resolve_graph(
+    provided: tuple[sparse.csr_matrix, dict] | None,
+    X,
+    *,
+    random_state: int | None,
+    info: dict[str, Any] | None = None,
+    **graph_kwargs: Any,
+) -> tuple[sparse.csr_matrix, dict[str, Any]]:
+    """The graph a runner trains on and its description for ``uns[key]["graph"]``.
+
+    ``provided`` is the ``(adjacency, info)`` pair from ``graph_key``; otherwise the graph is built from ``X`` by
+    :func:`~scvgae_sc.pp._cell_graph.compute_graph` with ``graph_kwargs``, which (with ``info``) describe it.
+    """
+    if provided is not None:
+        A, graph_info = provided
+        graph_info = dict(graph_info)
+    else:
+        A, _ = compute_graph(X, random_state=random_state, **graph_kwargs)
+        graph_info = {"key": "", **graph_kwargs, **(info or {})}
+    graph_info["n_edges"] = int(A.nnz)
+    return A, graph_info
 
 
 def size_factors(counts) -> np.ndarray:

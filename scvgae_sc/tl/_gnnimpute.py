@@ -10,13 +10,13 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._utils import to_dense_array
-from ..pp._cell_graph import compute_graph
 from ._common import (
     check_fraction,
     check_positive_int,
     edge_tensors,
     history_arrays,
     progress_enabled,
+    resolve_graph,
     size_factors,
 )
 from ._impute import ImputeResult
@@ -237,28 +237,17 @@ def run_gnnimpute(
     zero_z = -mean / std  # what a zero becomes
     del mean, std
 
-    if provided_graph is not None:
-        A, graph_info = provided_graph
-    else:
-        A, _ = compute_graph(
-            sparse.csr_matrix(X, dtype=np.float32).log1p() if sparse.issparse(X) else Xlog,
-            method="knn",
-            n_neighbors=opts["n_neighbors"],
-            n_pcs=opts["n_pcs"],
-            self_loops=True,
-            normalize="row",
-            random_state=random_state,
-        )
-        graph_info = {
-            "key": "",
-            "method": "knn",
-            "n_neighbors": opts["n_neighbors"],
-            "n_pcs": opts["n_pcs"],
-            "self_loops": True,
-            "normalize": "row",
-            "input": "log1p",
-        }
-    graph_info["n_edges"] = int(A.nnz)
+    A, graph_info = resolve_graph(
+        provided_graph,
+        sparse.csr_matrix(X, dtype=np.float32).log1p() if sparse.issparse(X) else Xlog,
+        random_state=random_state,
+        info={"input": "log1p"},
+        method="knn",
+        n_neighbors=opts["n_neighbors"],
+        n_pcs=opts["n_pcs"],
+        self_loops=True,
+        normalize="row",
+    )
     del Xlog
 
     if random_state is not None:

@@ -8,7 +8,6 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from ..pp._cell_graph import compute_graph
 from ._common import (
     check_fraction,
     check_positive_int,
@@ -16,6 +15,7 @@ from ._common import (
     edge_tensors,
     history_arrays,
     progress_enabled,
+    resolve_graph,
     size_factors,
 )
 from ._impute import ImputeResult
@@ -182,24 +182,12 @@ def run_scvgae(
     if transform == "log1p":
         Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
 
-    if provided_graph is not None:
-        A, graph_info = provided_graph
-    else:
-        A, _ = compute_graph(
-            Xm,
-            method=opts["graph"],
-            n_neighbors=opts["n_neighbors"],
-            n_pcs=opts["n_pcs"],
-            percentile=opts["percentile"],
-            random_state=random_state,
-        )
-        graph_info = {"key": "", "method": opts["graph"]}
-        graph_info.update(
-            {"n_neighbors": opts["n_neighbors"], "n_pcs": opts["n_pcs"]}
-            if opts["graph"] == "knn"
-            else {"percentile": opts["percentile"]}
-        )
-    graph_info["n_edges"] = int(A.nnz)
+    graph_kwargs = (
+        {"n_neighbors": opts["n_neighbors"], "n_pcs": opts["n_pcs"]}
+        if opts["graph"] == "knn"
+        else {"percentile": opts["percentile"]}
+    )
+    A, graph_info = resolve_graph(provided_graph, Xm, random_state=random_state, method=opts["graph"], **graph_kwargs)
 
     if random_state is not None:
         torch.manual_seed(int(random_state))
