@@ -73,3 +73,27 @@ def toy_counts() -> ad.AnnData:
     adata.obs["cell_type"] = [f"type{g}" for g in groups]
     adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
     return adata
+
+
+class AnnDataSnapshot:
+    """What a failed call must leave as it was: layer values and the keys of obsm, obsp and uns."""
+
+    def __init__(self, adata: ad.AnnData) -> None:
+        self.layers = {k: _dense(v).copy() for k, v in adata.layers.items()}
+        self.keys = (set(adata.obsm), set(adata.obsp), set(adata.uns))
+
+    def assert_unchanged(self, adata: ad.AnnData) -> None:
+        assert set(adata.layers) == set(self.layers)
+        assert (set(adata.obsm), set(adata.obsp), set(adata.uns)) == self.keys
+        for k, v in self.layers.items():
+            np.testing.assert_array_equal(_dense(adata.layers[k]), v)
+
+
+def _dense(X) -> np.ndarray:
+    return X.toarray() if sparse.issparse(X) else np.asarray(X)
+
+
+@pytest.fixture
+def snapshot():
+    """``snap = snapshot(adata)``, later ``snap.assert_unchanged(adata)``."""
+    return AnnDataSnapshot

@@ -28,23 +28,6 @@ def _dense(X) -> np.ndarray:
     return X.toarray() if sparse.issparse(X) else np.asarray(X)
 
 
-def _snapshot(adata):
-    return (
-        {k: _dense(v).copy() for k, v in adata.layers.items()},
-        set(adata.obsm),
-        set(adata.obsp),
-        set(adata.uns),
-    )
-
-
-def _same(adata, snap):
-    layers, obsm, obsp, uns = snap
-    assert set(adata.layers) == set(layers) and set(adata.obsm) == obsm
-    assert set(adata.obsp) == obsp and set(adata.uns) == uns
-    for k, v in layers.items():
-        np.testing.assert_array_equal(_dense(adata.layers[k]), v)
-
-
 def test_contract_keys_graph_history_and_h5ad(prepared, tmp_path):
     X_before = prepared.X.copy()
     sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=EPOCHS, progress_bar=False)
@@ -121,9 +104,9 @@ def test_short_run_recovers_masked_values_on_the_input_scale(prepared):
     assert abs(slope) < 0.4, slope
 
 
-def test_determinism_and_copy(prepared):
+def test_determinism_and_copy(snapshot, prepared):
     kw = {"method": "gnnimpute", "layer": "total", "max_epochs": 3, "copy": True, **SMALL}
-    snap = _snapshot(prepared)
+    snap = snapshot(prepared)
     a = sv.tl.impute(prepared, random_state=1, **kw)
     b = sv.tl.impute(prepared, random_state=1, **kw)
     c = sv.tl.impute(prepared, random_state=2, **kw)
@@ -134,7 +117,7 @@ def test_determinism_and_copy(prepared):
     assert not np.array_equal(a.layers["gnnimpute"], c.layers["gnnimpute"])
     assert "gnnimpute" not in prepared.layers and "gnnimpute" not in prepared.uns, "copy=True leaves the input alone"
     assert "X_gnnimpute" not in prepared.obsm and "gnnimpute_connectivities" not in prepared.obsp
-    _same(prepared, snap)
+    snap.assert_unchanged(prepared)
 
 
 def test_options_documented():
@@ -222,14 +205,14 @@ def test_split_cells():
         (None, {"alpha": 0.5}, TypeError, "Unknown option"),
     ],
 )
-def test_bad_input_leaves_adata_unchanged(prepared, mutate, kwargs, exc, match):
+def test_bad_input_leaves_adata_unchanged(snapshot, prepared, mutate, kwargs, exc, match):
     if mutate is not None:
         mutate(prepared)
     kwargs = {"method": "gnnimpute", "layer": "total", "max_epochs": 1, "progress_bar": False, **kwargs}
-    snap = _snapshot(prepared)
+    snap = snapshot(prepared)
     with pytest.raises(exc, match=match):
         sv.tl.impute(prepared, **kwargs)
-    _same(prepared, snap)
+    snap.assert_unchanged(prepared)
 
 
 @pytest.mark.parametrize(
@@ -240,34 +223,34 @@ def test_bad_input_leaves_adata_unchanged(prepared, mutate, kwargs, exc, match):
         (12, {"split": (0.95, 0.02, 0.03)}, "0 validation"),
     ],
 )
-def test_too_few_cells(prepared, n_cells, kwargs, match):
+def test_too_few_cells(snapshot, prepared, n_cells, kwargs, match):
     small = prepared[:n_cells].copy()
-    snap = _snapshot(small)
+    snap = snapshot(small)
     with pytest.raises(ValueError, match=match):
         sv.tl.impute(small, method="gnnimpute", layer="total", max_epochs=1, progress_bar=False, **kwargs)
-    _same(small, snap)
+    snap.assert_unchanged(small)
 
 
-def test_graph_of_wrong_size_refused(prepared, monkeypatch):
+def test_graph_of_wrong_size_refused(snapshot, prepared, monkeypatch):
     """anndata keeps obsp aligned, so a mismatched graph can only come from elsewhere: the runner refuses it too."""
     impute_module = importlib.import_module("scvgae_sc.tl._impute")
     sv.pp.cell_graph(prepared, layer="total", n_neighbors=5, key_added="g")
     wrong = sparse.identity(prepared.n_obs - 1, format="csr", dtype=np.float32)
     monkeypatch.setattr(impute_module, "graph_from_key", lambda adata, key: (wrong, {"key": key}))
-    snap = _snapshot(prepared)
+    snap = snapshot(prepared)
     with pytest.raises(ValueError, match="699 × 699.*700 cells"):
         sv.tl.impute(prepared, method="gnnimpute", layer="total", graph_key="g", max_epochs=1, progress_bar=False)
-    _same(prepared, snap)
+    snap.assert_unchanged(prepared)
 
 
-def test_interrupt_leaves_adata_untouched(prepared, monkeypatch):
+def test_interrupt_leaves_adata_untouched(snapshot, prepared, monkeypatch):
     from scvgae_sc.nn import Trainer
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    snap = _snapshot(prepared)
+    snap = snapshot(prepared)
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted"):
         sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=2, progress_bar=False)
-    _same(prepared, snap)
+    snap.assert_unchanged(prepared)

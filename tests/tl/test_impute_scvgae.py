@@ -16,26 +16,6 @@ def prepared(pbmc68k):
     return pbmc68k
 
 
-def _snapshot(adata):
-    return (
-        {k: (v.copy() if not sparse.issparse(v) else v.copy()) for k, v in adata.layers.items()},
-        set(adata.obsm),
-        set(adata.obsp),
-        set(adata.uns),
-    )
-
-
-def _same(adata, snap):
-    layers, obsm, obsp, uns = snap
-    assert set(adata.layers) == set(layers) and set(adata.obsm) == obsm
-    assert set(adata.obsp) == obsp and set(adata.uns) == uns
-    for k, v in layers.items():
-        a, b = adata.layers[k], v
-        a = a.toarray() if sparse.issparse(a) else a
-        b = b.toarray() if sparse.issparse(b) else b
-        np.testing.assert_array_equal(a, b)
-
-
 def test_contract_keys_scale_and_h5ad(prepared, tmp_path):
     X_before = prepared.X.copy()
     sv.tl.impute(prepared, method="scvgae", max_epochs=EPOCHS, progress_bar=False, output="fill")
@@ -133,17 +113,17 @@ def test_short_run_lowers_masked_error(prepared):
     assert imp["pearson"] > 0.3
 
 
-def test_interrupt_leaves_adata_untouched(prepared, monkeypatch):
+def test_interrupt_leaves_adata_untouched(snapshot, prepared, monkeypatch):
     from scvgae_sc.nn import Trainer
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt
 
-    snap = _snapshot(prepared)
+    snap = snapshot(prepared)
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sv.tl.impute(prepared, method="scvgae", max_epochs=2, progress_bar=False)
-    _same(prepared, snap)
+    snap.assert_unchanged(prepared)
 
 
 @pytest.mark.parametrize(
@@ -163,14 +143,14 @@ def test_interrupt_leaves_adata_untouched(prepared, monkeypatch):
         (None, {"graph_key": "missing"}, ValueError, "No graph 'missing'"),
     ],
 )
-def test_bad_input(prepared, mutate, kwargs, exc, match):
+def test_bad_input(snapshot, prepared, mutate, kwargs, exc, match):
     if mutate is not None:
         mutate(prepared)
     kwargs = {"method": "scvgae", "max_epochs": 1, "progress_bar": False, **kwargs}
-    snap = _snapshot(prepared)
+    snap = snapshot(prepared)
     with pytest.raises(exc, match=match):
         sv.tl.impute(prepared, **kwargs)
-    _same(prepared, snap)
+    snap.assert_unchanged(prepared)
 
 
 def test_graph_of_wrong_size_refused(prepared):
