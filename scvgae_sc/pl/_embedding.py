@@ -4,6 +4,7 @@ import numbers
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
@@ -250,6 +251,11 @@ def embedding_comparison(
         logg.warning("adata is a view: embeddings and scores are computed but not cached.")
     embeddings: dict[tuple[str, str], np.ndarray] = {}
     scores: dict[str, dict] = {}
+    new_obsm: dict[str, np.ndarray] = {}  # written only once everything worked: a failure leaves adata as it was
+    new_entries: dict[str, dict[str, dict]] = {EMBEDDINGS: {}, CLUSTERING: {}}
+    labels_digest = None
+    if protocol is not None:  # relabelled cells must be scored again
+        labels_digest = fingerprint(pd.util.hash_pandas_object(adata.obs[labels_key], index=False).to_numpy())
     stored_embeddings = cached_entry(adata, EMBEDDINGS)
     stored_scores = cached_entry(adata, CLUSTERING)
     for layer in layers:
@@ -279,12 +285,8 @@ def embedding_comparison(
                 X, [b for b, _, _ in todo], n_pcs=n_pcs, n_neighbors=n_neighbors, random_state=random_state
             )
             for b, key, params in todo:
-                embeddings[b, name] = new[b]
-                if cache:
-                    if key in adata.obsm and key not in stored_embeddings:
-                        logg.warning(f"overwriting adata.obsm[{key!r}], which was not made by embedding_comparison")
-                    adata.obsm[key] = new[b]
-                    pl_cache(adata, EMBEDDINGS)[key] = {"params": params}
+                embeddings[b, name] = new_obsm[key] = new[b]
+                new_entries[EMBEDDINGS][key] = {"params": params}
             logg.info("    finished", time=start)
         if protocol is not None:
             sparams = params_for_cache(
@@ -292,6 +294,7 @@ def embedding_comparison(
                 labels_key=labels_key,
                 random_state=random_state if protocol == "leiden" else None,
                 fingerprint=digest,
+                labels_fingerprint=labels_digest,
             )
             entry = stored_scores.get(name, {})
             if isinstance(entry, dict) and same_params(entry.get("params"), sparams):
@@ -301,8 +304,7 @@ def embedding_comparison(
 
                 s = score_clustering(adata, layer, labels_key=labels_key, protocol=protocol, random_state=random_state)
                 scores[name] = {m: float(s[m]) for m in ("ari", "ami", "nmi")}
-                if cache:
-                    pl_cache(adata, CLUSTERING)[name] = {"params": sparams, **scores[name]}
+                new_entries[CLUSTERING][name] = {"params": sparams, **scores[name]}
 
     # one scratch AnnData to draw from: shared obs colours, every embedding
     from matplotlib import rcParams
@@ -362,4 +364,12 @@ def embedding_comparison(
             frameon=False,
             ncols=1 if len(cats) <= 14 else 2 if len(cats) <= 30 else 3,
         )
+    if cache:
+        for key, E in new_obsm.items():
+            if key in adata.obsm and key not in stored_embeddings:
+                logg.warning(f"overwriting adata.obsm[{key!r}], which was not made by embedding_comparison")
+            adata.obsm[key] = E
+        for section, entries in new_entries.items():
+            if entries:
+                pl_cache(adata, section).update(entries)
     return savefig_or_show(fig, axes, "embedding_comparison", show=show, save=save, return_fig=return_fig)

@@ -36,6 +36,17 @@ def _series(history: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return epochs, series
 
 
+def _plain_log_formatter(**kwargs: Any) -> Any:
+    """Matplotlib's choice of which log ticks to label, written as plain numbers (0.3, 6, 20; not 3 × 10⁻¹)."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter(**kwargs)
+
+
 def _scalar(history: dict, key: str) -> Any:
     v = history.get(key)
     return None if v is None else np.asarray(v).item()
@@ -152,6 +163,8 @@ def training_history(
         ax.axvline(best, color="0.2", ls=":", lw=1.2, label=label)
     if log:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain_log_formatter())
+        ax.yaxis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     method = entry.get("params", {}).get("method") if isinstance(entry.get("params"), dict) else None
     ax.set_title(key if method in (None, key) else f"{key} ({method})")
     from matplotlib.ticker import MaxNLocator
@@ -159,6 +172,6 @@ def training_history(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (log scale)" if log else "loss")
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(False)
     return savefig_or_show(fig, ax, f"training_history_{key}", show=show, save=save, return_fig=return_fig)

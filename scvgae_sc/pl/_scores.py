@@ -110,7 +110,9 @@ def scores(
     ``task``, ``paper_ari``, ``leiden_ari``, ``mse``, ``pearson``, ...), or any long-format table
     with a ``group`` column, an optional ``dataset`` column and a metric column. Rows without the
     metric (another task, a failed job, NaN) are left out; each bar is the mean over the remaining
-    rows (seeds), with the standard deviation as error bar when there are two or more.
+    rows (seeds), with the standard deviation as error bar when there are two or more. Each
+    ``group`` value keeps its colour from chart to chart (the colour cycle in order of first
+    appearance in ``data``).
 
     Parameters
     ----------
@@ -155,6 +157,8 @@ def scores(
             f"data has no column {group!r} to group bars by (columns: {', '.join(map(str, df.columns)) or 'none'})."
         )
     col = _resolve_metric(df, metric)
+    # colours follow each group's first appearance in all the data, so charts of different metrics match
+    colour_order = list(dict.fromkeys(df[group]))
     df = df.assign(_value=pd.to_numeric(df[col], errors="coerce"))
     df = df[np.isfinite(df["_value"])]
     if DATASET not in df.columns:
@@ -190,7 +194,8 @@ def scores(
             continue
         label = _DISPLAY.get(str(g), str(g)) if group == "method" else str(g)
         yerr = None if np.all(np.isnan(sds)) else np.nan_to_num(np.asarray(sds, dtype=float))
-        ax.bar(xs, means, width=width * 0.92, color=colors[j % len(colors)], label=label, yerr=yerr, capsize=3)
+        color = colors[colour_order.index(g) % len(colors)]
+        ax.bar(xs, means, width=width * 0.92, color=color, label=label, yerr=yerr, capsize=3)
     ax.set_xticks(x, [str(d) for d in ds_order])
     if stats["mean"].min() >= 0:
         ax.set_ylim(bottom=0)

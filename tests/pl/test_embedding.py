@@ -94,6 +94,39 @@ def test_cache_invalidated_by_new_data_or_params(imputed, monkeypatch):
     assert imputed.obsm["X_pca_normalized"].shape == (imputed.n_obs, 10)
 
 
+def test_scores_recomputed_for_new_labels(imputed, monkeypatch):
+    sv.pl.embedding_comparison(imputed, ["normalized"], "pca", show=False)
+    calls = []
+    real = sv.tl.score_clustering
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["protocol"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sv.tl, "score_clustering", counting)
+    sv.pl.embedding_comparison(imputed, ["normalized"], "pca", show=False)
+    assert calls == []
+    sv.pl.embedding_comparison(imputed, ["normalized"], "pca", score="leiden", show=False)
+    assert calls == ["leiden"]
+    imputed.obs["cell_type"] = imputed.obs["cell_type"].sample(frac=1, random_state=0).to_numpy()
+    axes = sv.pl.embedding_comparison(imputed, ["normalized"], "pca", score="leiden", show=False)
+    assert calls == ["leiden", "leiden"]
+    assert float(axes[0].get_title().split("ARI ")[1].split(" ")[0]) < 0.1  # shuffled labels
+
+
+def test_failure_leaves_adata_unchanged(imputed, snapshot, monkeypatch):
+    snap = snapshot(imputed)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("clustering failed")
+
+    monkeypatch.setattr(sv.tl, "score_clustering", boom)
+    with pytest.raises(RuntimeError, match="clustering failed"):
+        sv.pl.embedding_comparison(imputed, ["normalized", "smooth"], "pca", show=False)
+    snap.assert_unchanged(imputed)
+    assert "embeddings" not in imputed.uns["scvgae_sc"]
+
+
 def test_cache_survives_h5ad_round_trip(imputed, tmp_path, monkeypatch):
     sv.pl.embedding_comparison(imputed, ["normalized", "smooth"], "pca", show=False)
     path = tmp_path / "a.h5ad"

@@ -96,3 +96,13 @@ def test_empty_history(imputed):
     imputed.uns["empty"] = {"history": {"epoch": np.zeros(0, dtype=int)}}
     with pytest.raises(ValueError, match="records no epochs"):
         sv.pl.training_history(imputed, "empty", show=False)
+
+
+def test_history_read_back_from_h5ad(imputed, tmp_path):
+    import anndata as ad
+
+    imputed.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    ax = sv.pl.training_history(back, "gnnimpute", show=False)
+    best = int(imputed.uns["gnnimpute"]["history"]["best_epoch"])
+    assert any(t.get_text().startswith(f"best epoch {best}") for t in ax.get_legend().get_texts())

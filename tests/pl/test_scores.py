@@ -52,6 +52,11 @@ def test_from_benchmark_json():
     # str path and the leiden column
     ax = sv.pl.scores(str(BENCH), "leiden_ari", show=False)
     assert ax.get_ylabel() == "ARI (Leiden protocol)"
+    # un-imputed has no Pearson (constant); scvgae keeps its colour from the ARI chart
+    colour = _containers(ax)[methods.index("scvgae")].patches[0].get_facecolor()
+    ax = sv.pl.scores(BENCH, "pearson", show=False)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["scvgae"]
+    assert _containers(ax)[0].patches[0].get_facecolor() == colour
 
 
 def test_mean_and_sd_over_seeds():
