@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     # layers=None: each imputation's input layer, then the imputed layers
     write(sv.pl.embedding_comparison(adata, basis=("umap", "tsne"), return_fig=True), "pl_embedding_comparison.png")
 
-    fig, axs = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig, axs = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
     sv.pl.training_history(adata, "scvgae", ax=axs[0], show=False)
     sv.pl.training_history(adata, "gnnimpute", ax=axs[1], show=False)
     write(fig, "pl_training_history.png")

@@ -175,7 +175,9 @@ def marker_heatmap(
     codes = groups.codes
     order = np.argsort(codes, kind="stable")
     cats = list(groups.categories)
-    colors = categorical_colors(adata, groupby, cats)
+    full = list(as_categorical(adata.obs[groupby]).cat.categories)  # stored colours follow all categories
+    full_colors = categorical_colors(adata, groupby, full)
+    colors = [full_colors[full.index(c)] for c in cats]
     gcodes = np.array([cats.index(g) for g in gene_groups])
 
     panels = []

@@ -169,7 +169,7 @@ def training_history(
     ax.set_title(key if method in (None, key) else f"{key} ({method})")
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (log scale)" if log else "loss")
     ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))

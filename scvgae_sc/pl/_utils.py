@@ -200,9 +200,13 @@ def resolve_layers(adata: AnnData, layers: Any, *, what: str = "layers") -> list
 def fingerprint(X: np.ndarray | sparse.spmatrix) -> str:
     """A content hash of a matrix (shape, dtype and values), to tell whether a cached result is stale."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((type(X).__name__, tuple(X.shape), str(X.dtype))).encode())
+    kind = "sparse" if sparse.issparse(X) else "dense"  # not the class: views, csr_matrix / csr_array hash alike
+    h.update(repr((kind, tuple(X.shape), str(X.dtype))).encode())
     if sparse.issparse(X):
         X = sparse.csr_matrix(X)
+        if not X.has_canonical_format:  # on a copy: the caller's matrix is not touched
+            X = X.copy()
+            X.sum_duplicates()
         parts = (X.data, X.indices, X.indptr)
     else:
         parts = (np.asarray(X),)

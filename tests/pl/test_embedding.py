@@ -236,3 +236,19 @@ def test_save_to_figdir(imputed, tmp_path):
         sc.settings.figdir = old
     assert (tmp_path / "embedding_comparison_t.png").stat().st_size > 1000
     assert len(out) == 2
+
+
+def test_stored_colours_shared_by_panels_and_legend(imputed):
+    from matplotlib.colors import to_hex, to_rgba
+
+    cats = list(imputed.obs["cell_type"].cat.categories)
+    stored = [to_hex((i / len(cats), 0.5, 1 - i / len(cats))) for i in range(len(cats))]
+    imputed.uns["cell_type_colors"] = stored
+    fig = sv.pl.embedding_comparison(imputed, ["normalized", "smooth"], "pca", score=False, return_fig=True)
+    assert [to_hex(h.get_color()) for h in fig.legends[0].legend_handles] == stored
+    codes = imputed.obs["cell_type"].cat.codes.to_numpy()
+    for ax in fig.axes:
+        faces = ax.collections[0].get_facecolors()
+        # scanpy may reorder points; every drawn colour is one of the stored ones, and all types appear
+        drawn = {to_hex(c) for c in faces}
+        assert drawn == {to_hex(to_rgba(stored[c])) for c in set(codes)}

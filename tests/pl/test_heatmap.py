@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scanpy as sc
 from scipy import sparse
@@ -105,3 +106,19 @@ def test_one_group_refused(imputed):
     imputed.obs["one"] = "a"
     with pytest.raises(ValueError, match="at least 2"):
         sv.pl.marker_heatmap(imputed, "normalized", "one", show=False)
+
+
+def test_stored_group_colours_used(imputed):
+    from matplotlib.colors import to_hex
+
+    cats = list(imputed.obs["cell_type"].cat.categories)
+    stored = [to_hex((i / len(cats), 0.2, 1 - i / len(cats))) for i in range(len(cats))]
+    imputed.uns["cell_type_colors"] = stored
+    labels = imputed.obs["cell_type"].astype(object)
+    labels[labels == cats[0]] = None  # the first group has no cells left
+    imputed.obs["ct"] = labels.astype(pd.CategoricalDtype(cats))
+    imputed.uns["ct_colors"] = stored
+    fig = sv.pl.marker_heatmap(imputed, "normalized", "ct", n_genes=2, return_fig=True)
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == cats[1:]
+    assert [to_hex(h.get_facecolor()) for h in legend.legend_handles] == stored[1:]
