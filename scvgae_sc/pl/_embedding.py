@@ -326,7 +326,7 @@ def embedding_comparison(
     ncol = len(layers) if ncols is None else min(ncols, len(panels))
     nrow = -(-len(panels) // ncol)
     side = float(rcParams["figure.figsize"][1])
-    legend_w = 1.8 if cats and "legend_loc" not in kwargs else 0.0
+    legend_w = 1.8 if fig_legend else 0.0
     fig = new_figure((ncol * side + legend_w, nrow * side))
     grid = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax in grid[len(panels) :]:

@@ -252,3 +252,12 @@ def test_stored_colours_shared_by_panels_and_legend(imputed):
         # scanpy may reorder points; every drawn colour is one of the stored ones, and all types appear
         drawn = {to_hex(c) for c in faces}
         assert drawn == {to_hex(to_rgba(stored[c])) for c in set(codes)}
+
+
+def test_scanpy_legend_on_request(imputed):
+    fig = sv.pl.embedding_comparison(
+        imputed, ["normalized"], "pca", score=False, legend_loc="on data", size=5, return_fig=True
+    )
+    assert not fig.legends
+    cats = set(imputed.obs["cell_type"].cat.categories)
+    assert cats <= {t.get_text() for t in fig.axes[0].texts}
