@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,3 +107,19 @@ def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0
     if not ok:
         raise ValueError(f"{name} must be a number in [{low}, {high}{']' if closed else ')'}, got {value!r}.")
     return float(value)
+
+
+def detection_rate(A: sparse.spmatrix, dev) -> Callable:
+    """Map a boolean ``(n_cells, n_genes)`` detection matrix to each gene's detection rate around each cell.
+
+    The rate is over the cell's graph neighbourhood (itself included, edges weighted, rows summing to 1).
+    """
+    import torch
+
+    P = sparse.csr_matrix(A, dtype=np.float32) + sparse.eye(A.shape[0], dtype=np.float32, format="csr")
+    P = sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P
+    P = P.tocoo()
+    Pt = torch.sparse_coo_tensor(
+        np.vstack([P.row, P.col]), P.data.astype(np.float32), size=P.shape, device=dev, check_invariants=False
+    ).coalesce()
+    return lambda detected: torch.sparse.mm(Pt, detected.float())

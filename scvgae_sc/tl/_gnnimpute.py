@@ -13,6 +13,7 @@ from .._utils import to_dense_array
 from ._common import (
     check_fraction,
     check_positive_int,
+    detection_rate,
     edge_tensors,
     history_arrays,
     progress_enabled,
@@ -37,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "mask_rate": 0.1,
     "mask_weight": 1.0,
     "output": "fill",
+    "fill_gate": 0.4,
+    "fill_scale": "auto",
     "precision": "32",
     "progress_bar": None,
 }
@@ -93,8 +96,15 @@ def gnnimpute_options() -> dict[str, Any]:
         includes the same term for a fixed mask of the validation cells, so early stopping watches
         imputation, not only reconstruction. ``0`` turns it off (the published training).
     ``output`` (``"fill"``)
-        ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction;
-        ``"recon"``: the model's output everywhere (the published output).
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
+        ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output).
+    ``fill_gate`` (0.4), ``fill_scale`` (``"auto"``)
+        As for scVGAE (:func:`scvgae_options`): a zero is filled with the full prediction where the gene is
+        detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the prediction times
+        (detection rate / ``fill_gate``) elsewhere (``0``: every zero gets the full prediction).
+        ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
+        observed values (needs ``mask_rate > 0``); ``"auto"`` and ``"none"`` do not (GNNImpute is trained on
+        the layer's own scale).
     ``precision`` (``"32"``)
         ``"bf16"`` trains under bfloat16 autocast.
     ``progress_bar`` (None)
@@ -130,7 +140,7 @@ def _validate(opts: dict[str, Any]) -> None:
             f"Unknown option(s) for method='gnnimpute': {', '.join(sorted(unknown))}. "
             f"Known: {', '.join(sorted(DEFAULTS))}."
         )
-    choices = {"output": ("fill", "recon"), "precision": ("32", "bf16")}
+    choices = {"output": ("fill", "recon"), "precision": ("32", "bf16"), "fill_scale": ("auto", "fit", "none")}
     for k, allowed in choices.items():
         if opts[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
@@ -142,6 +152,7 @@ def _validate(opts: dict[str, Any]) -> None:
     check_fraction("dropout", opts["dropout"], high=1.0, closed=False)
     check_fraction("attention_dropout", opts["attention_dropout"], high=1.0, closed=False)
     check_fraction("mask_rate", opts["mask_rate"], high=1.0, closed=False)
+    check_fraction("fill_gate", opts["fill_gate"])
     _check_number("lr", opts["lr"], positive=True)
     _check_number("weight_decay", opts["weight_decay"])
     _check_number("mask_weight", opts["mask_weight"])
@@ -348,7 +359,29 @@ def run_gnnimpute(
     if test_cells.any():
         test_rows = torch.from_numpy(np.flatnonzero(test_cells)).to(dev)
         history["test_mse"] = float(F.mse_loss(pred[test_rows], target[test_rows]))
-    imputed = torch.where(target > 0, target, pred) if opts["output"] == "fill" else pred
+    scale = 1.0
+    if opts["output"] == "fill":
+        gate = float(opts["fill_gate"])
+        propagate = detection_rate(A, dev) if gate > 0 else None
+
+        def gated(values: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+            return values if propagate is None else values * (propagate(visible) / gate).clamp(max=1.0)
+
+        if opts["fill_scale"] == "fit" and use_mask:  # "auto": no fit, the model is trained on the layer's scale
+            # a fresh mask of the observed non-zeros: the factor from fill values to the hidden values
+            hidden = draw_mask()
+            flat = observed[hidden]
+            visible = target > 0
+            visible.view(-1)[flat] = False
+            fill = trainer.predict(lambda m: m(corrupt(hidden), edge_index))["recon"].float().clamp_min(0)
+            p_h = gated(fill, visible).reshape(-1)[flat].double()
+            denom = float(p_h.pow(2).sum())
+            if denom > 0:
+                scale = float((p_h * target.reshape(-1)[flat].double()).sum()) / denom
+            del fill, visible
+        imputed = torch.where(target > 0, target, gated(pred, target > 0) * scale)
+    else:
+        imputed = pred
     imputed = imputed.cpu().numpy()
     latent = out["z"].float().cpu().numpy()
     logg.debug(
@@ -358,6 +391,7 @@ def run_gnnimpute(
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
     params.update(max_epochs_used=n_epochs, n_train=int(train_cells.sum()), n_val=int(val_cells.sum()))
+    params["fill_scale_used"] = float(scale)
     params["n_test"] = int(test_cells.sum())
     return ImputeResult(
         imputed=np.ascontiguousarray(imputed, dtype=np.float32),
