@@ -186,6 +186,46 @@ def split_cells(
     return masks[0], masks[1], masks[2]
 
 
+def gnnimpute_input(X) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GNNImpute's model input from the input layer ``X``: ``(Xlin, Xlog, Xz, zero_z)``.
+
+    ``Xlin`` is ``X`` dense float32 (the target), ``Xlog`` its ``log1p``, ``Xz`` the model input (``Xlog``
+    z-scored per gene; genes without variance only centred) and ``zero_z`` what a zero becomes in ``Xz``.
+    """
+    Xlin = to_dense_array(X, np.float32)
+    Xlog = np.log1p(Xlin)
+    mean = Xlog.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = Xlog.std(axis=0, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    Xz = (Xlog - mean) / std
+    zero_z = -mean / std  # what a zero becomes
+    return Xlin, Xlog, Xz, zero_z
+
+
+def predict_gnnimpute(module, x, edge_index, target, *, output: str):
+    """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` and its input ``x``.
+
+    ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and ``latent``
+    float32 NumPy arrays; ``target`` is the input layer as a dense tensor. The one prediction path of
+    :func:`run_gnnimpute` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            # without size factors the decoder output is on the input layer's scale
+            out = module(x, edge_index)
+    finally:
+        module.train(was_training)
+    pred = out["recon"].float().clamp_min(0)
+    imputed = torch.where(target > 0, target, pred) if output == "fill" else pred
+    imputed = imputed.cpu().numpy()
+    latent = out["z"].float().cpu().numpy()
+    return pred, np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+
 def run_gnnimpute(
     X,
     counts,
@@ -228,14 +268,7 @@ def run_gnnimpute(
         )
 
     # model input: log1p, then z-score per gene
-    Xlin = to_dense_array(X, np.float32)
-    Xlog = np.log1p(Xlin)
-    mean = Xlog.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = Xlog.std(axis=0, dtype=np.float64).astype(np.float32)
-    std[std == 0] = 1.0
-    Xz = (Xlog - mean) / std
-    zero_z = -mean / std  # what a zero becomes
-    del mean, std
+    Xlin, Xlog, Xz, zero_z = gnnimpute_input(X)
 
     A, graph_info = resolve_graph(
         provided_graph,
@@ -252,15 +285,15 @@ def run_gnnimpute(
 
     if random_state is not None:
         torch.manual_seed(int(random_state))
-    model = GNNImputeModule(
-        n_genes,
-        hidden=opts["hidden"],
-        latent=opts["latent"],
-        heads=opts["heads"],
-        dropout=float(opts["dropout"]),
-        attention_dropout=float(opts["attention_dropout"]),
-        add_self_loops=True,
-    )
+    module_kwargs = {
+        "hidden": opts["hidden"],
+        "latent": opts["latent"],
+        "heads": opts["heads"],
+        "dropout": float(opts["dropout"]),
+        "attention_dropout": float(opts["attention_dropout"]),
+        "add_self_loops": True,
+    }
+    model = GNNImputeModule(n_genes, **module_kwargs)
     with torch.no_grad():  # start at each gene's mean: from ~0 the ReLU decoder needs hundreds of epochs to get there
         model.decoder[-2].bias.copy_(torch.from_numpy(Xlin.mean(axis=0, dtype=np.float64).astype(np.float32)))
     x = torch.from_numpy(Xz).to(dev)
@@ -342,15 +375,11 @@ def run_gnnimpute(
         f"{int(val_cells.sum())} validation, {int(test_cells.sum())} test cells), {A.nnz} edges, {dev}"
     )
     history = trainer.fit(train_step, val_step)
-    # without size factors the decoder output is on the input layer's scale
-    out = trainer.predict(lambda m: m(x, edge_index))
-    pred = out["recon"].float().clamp_min(0)
+    predict_kwargs = {"output": opts["output"]}
+    pred, imputed, latent = predict_gnnimpute(model, x, edge_index, target, **predict_kwargs)
     if test_cells.any():
         test_rows = torch.from_numpy(np.flatnonzero(test_cells)).to(dev)
         history["test_mse"] = float(F.mse_loss(pred[test_rows], target[test_rows]))
-    imputed = torch.where(target > 0, target, pred) if opts["output"] == "fill" else pred
-    imputed = imputed.cpu().numpy()
-    latent = out["z"].float().cpu().numpy()
     logg.debug(
         f"    stopped after {history['n_epochs']} epochs (best epoch {history['best_epoch']})",
         time=start,
@@ -367,4 +396,9 @@ def run_gnnimpute(
         graph=sparse.csr_matrix(A, dtype=np.float32),
         graph_info=graph_info,
         device=str(dev),
+        model_state={
+            "module": model,
+            "module_kwargs": {"n_genes": n_genes, **module_kwargs},
+            "predict_kwargs": predict_kwargs,
+        },
     )

@@ -148,6 +148,40 @@ def _calibrate(recon, x):
     return rc * slope + x_mean
 
 
+def scvgae_input(X, transform: str):
+    """The model input: the input layer ``X`` as float32, ``log1p``-transformed when ``transform`` says so."""
+    Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    if transform == "log1p":
+        Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
+    return Xm
+
+
+def predict_scvgae(module, x, edge_index, edge_weight, *, output: str, calibrate: bool, transform: str):
+    """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
+
+    The one prediction path of :func:`run_scvgae` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x, edge_index, edge_weight)
+    finally:
+        module.train(was_training)
+    recon = out["recon"].float()
+    if calibrate and output == "recon":
+        recon = _calibrate(recon, x)
+    recon = recon.clamp_min(0)
+    imputed = torch.where(x > 0, x, recon) if output == "fill" else recon
+    imputed = imputed.cpu().numpy()
+    if transform == "log1p":
+        np.expm1(imputed, out=imputed)
+    latent = out["z"].float().cpu().numpy()
+    return np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+
 def run_scvgae(
     X,
     counts,
@@ -178,9 +212,7 @@ def run_scvgae(
     transform = opts["transform"]
     if transform == "auto":
         transform = "log1p" if normalization == "total" else "none"
-    Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
-    if transform == "log1p":
-        Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
+    Xm = scvgae_input(X, transform)
 
     graph_kwargs = (
         {"n_neighbors": opts["n_neighbors"], "n_pcs": opts["n_pcs"]}
@@ -191,18 +223,17 @@ def run_scvgae(
 
     if random_state is not None:
         torch.manual_seed(int(random_state))
-    model = SCVGAE(
-        n_genes,
-        n_cells,
-        hidden=opts["hidden"],
-        variational=opts["variational"],
-        decoder_input=opts["decoder_input"],
-        heads=opts["heads"],
-        add_back=opts["add_back"],
-        add_back_init=float(opts["add_back_init"]),
-        decoder_hidden=opts["decoder_hidden"],
-        cached=True,
-    )
+    module_kwargs = {
+        "hidden": opts["hidden"],
+        "variational": opts["variational"],
+        "decoder_input": opts["decoder_input"],
+        "heads": opts["heads"],
+        "add_back": opts["add_back"],
+        "add_back_init": float(opts["add_back_init"]),
+        "decoder_hidden": opts["decoder_hidden"],
+        "cached": True,
+    }
+    model = SCVGAE(n_genes, n_cells, **module_kwargs)
     x = dense_tensor(Xm, dev)
     if opts["zinb_target"] == "counts":
         c = dense_tensor(counts, dev)
@@ -253,16 +284,8 @@ def run_scvgae(
     )
     start = logg.info(f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}")
     history = trainer.fit(train_step)
-    out = trainer.predict(lambda m: m(x, edge_index, edge_weight))
-    recon = out["recon"].float()
-    if opts["calibrate"] and opts["output"] == "recon":
-        recon = _calibrate(recon, x)
-    recon = recon.clamp_min(0)
-    imputed = torch.where(observed, x, recon) if opts["output"] == "fill" else recon
-    imputed = imputed.cpu().numpy()
-    if transform == "log1p":
-        np.expm1(imputed, out=imputed)
-    latent = out["z"].float().cpu().numpy()
+    predict_kwargs = {"output": opts["output"], "calibrate": bool(opts["calibrate"]), "transform": transform}
+    imputed, latent = predict_scvgae(model, x, edge_index, edge_weight, **predict_kwargs)
     logg.debug("    finished training", time=start)
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
@@ -275,4 +298,9 @@ def run_scvgae(
         graph=sparse.csr_matrix(A, dtype=np.float32),
         graph_info=graph_info,
         device=str(dev),
+        model_state={
+            "module": model,
+            "module_kwargs": {"n_genes": n_genes, "n_cells": n_cells, **module_kwargs},
+            "predict_kwargs": predict_kwargs,
+        },
     )
