@@ -25,6 +25,7 @@ __all__ = [
     "check_finite",
     "check_nonnegative",
     "get_layer",
+    "rows_vary",
     "seed_everything",
     "to_dense_array",
     "uns_entry",
@@ -125,6 +126,14 @@ def check_counts(X: np.ndarray | sparse.spmatrix, name: str) -> None:
             f"(e.g. {', '.join(f'{x:g}' for x in frac)}). Pass the raw UMI counts, e.g. "
             "`adata.layers['counts'] = raw_counts`, or recover them from `adata.raw`."
         )
+
+
+def rows_vary(X: np.ndarray | sparse.spmatrix) -> bool:
+    """Whether the rows of ``X`` are not all identical (some column has max > min); PCA needs them to vary."""
+    if sparse.issparse(X):
+        return bool(np.asarray((X.max(axis=0) - X.min(axis=0)).toarray()).any()) if X.shape[0] else False
+    X = np.asarray(X)
+    return bool(np.ptp(X, axis=0).any()) if X.size else False
 
 
 def to_dense_array(X: np.ndarray | sparse.spmatrix, dtype: Any = np.float32) -> np.ndarray:

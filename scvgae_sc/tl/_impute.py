@@ -192,7 +192,7 @@ def impute(
     >>> sv.tl.impute(adata, method="scvgae")
     >>> sc.pp.pca(adata, layer="scvgae")
     """
-    check_adata(adata, inplace=not copy)
+    check_adata(adata, inplace=not copy, min_obs=2)  # BatchNorm cannot train on one cell
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
     key = method if key_added is None else key_added

@@ -180,6 +180,8 @@ class ImputationModel:
                 "package_version": __version__,
                 "method": self.method,
                 "module_class": _MODULES[self.method],
+                "n_obs": self.n_obs,
+                "n_vars": self.n_vars,
                 **self.config,
             }
             (tmp / _FILES["config"]).write_text(json.dumps(config, default=_json_default, indent=1))
@@ -242,7 +244,7 @@ class ImputationModel:
         method = config.pop("method", None)
         if method not in _MODULES:
             raise ValueError(f"{str(config_file)!r} names an unknown method {method!r}.")
-        for key in ("format_version", "package_version", "module_class"):
+        for key in ("format_version", "package_version", "module_class", "n_obs", "n_vars"):
             config.pop(key, None)
         module = _build_module(method, config["module_kwargs"])
         state = torch.load(path / _FILES["weights"], map_location="cpu", weights_only=True)

@@ -17,6 +17,7 @@ from ._common import (
     progress_enabled,
     resolve_graph,
     size_factors,
+    split_batches,
 )
 from ._impute import ImputeResult
 
@@ -270,7 +271,7 @@ def run_scvgae(
         if batch_size >= n_cells:
             return batch_loss(module, x_in, hidden, None)
         order = torch.randperm(n_cells, generator=gen, device=dev)
-        return (batch_loss(module, x_in, hidden, rows) for rows in order.split(batch_size))
+        return (batch_loss(module, x_in, hidden, rows) for rows in split_batches(order, batch_size))
 
     trainer = Trainer(
         model,
