@@ -138,12 +138,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _write_atomically(adata, target: Path, *, mode: int) -> None:
+def _write_atomically(adata, target: Path, *, mode: int, compression: str | None = None) -> None:
     """Write ``adata`` to a temporary file beside ``target``, then rename it over ``target``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        adata.write_h5ad(tmp)
+        adata.write_h5ad(tmp, compression=compression)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
@@ -239,8 +239,9 @@ def _impute(args: argparse.Namespace, src: Path, out: Path, options: dict[str, A
     key = args.key_added or args.method
     if args.save_model is not None:
         result.save(args.save_model, overwrite=args.force)
-    mode = stat.S_IMODE(os.stat(out).st_mode) if out.exists() else _new_file_mode()
-    _write_atomically(adata, out, mode=mode)
+    target = out.resolve()  # through a symlink to the file it names, as a shell redirection would
+    mode = stat.S_IMODE(os.stat(target).st_mode) if target.exists() else _new_file_mode()
+    _write_atomically(adata, target, mode=mode, compression=args.compression)
     elapsed = time.perf_counter() - t0
     device = adata.uns[key]["device"]
     saved = f", model -> {args.save_model}" if args.save_model is not None else ""
@@ -296,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
         "literal (3, 0.5, None, true, (0.6, 0.2, 0.2)) or else a string",
     )
     p_imp.add_argument("--max-memory", type=float, default=None, help="bytes the run may use (default: available)")
+    p_imp.add_argument("--compression", choices=("gzip", "lzf"), default=None, help="compress OUT's matrices")
     p_imp.add_argument("--save-model", metavar="DIR", default=None, help="also save the trained model to DIR")
     p_imp.add_argument("--inplace", action="store_true", help="write the result back into IN (atomically)")
     p_imp.add_argument("--force", action="store_true", help="overwrite an existing OUT (and --save-model DIR)")

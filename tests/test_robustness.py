@@ -13,8 +13,10 @@ Kept fast for CI: 25 examples per property, shapes of at most 12 × 6, one train
 
 from __future__ import annotations
 
+import atexit
 import copy as copy_module
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -38,6 +40,7 @@ SETTINGS = settings(
 #: ``SCVGAE_SC_ROBUSTNESS_LOG=path`` appends every error message raised to ``path`` (to review their wording).
 _LOG = os.environ.get("SCVGAE_SC_ROBUSTNESS_LOG")
 _TMP = tempfile.mkdtemp(prefix="scvgae_sc_robustness_")
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # duplicated names, implicit copies, scanpy's notes: all expected
 

@@ -60,7 +60,8 @@ class ImputationModel:
     :meth:`ImputationModel.load`. Both methods are *transductive*: the model holds the cell graph and (scVGAE)
     a per-cell scale, so it applies to the same cells and genes, in the same order (checked by name), read from
     the layer it was trained on — e.g. the AnnData read back from a file, with the imputed layer dropped to save
-    space. On CPU, :meth:`predict` gives exactly the matrix :func:`~scvgae_sc.tl.impute` wrote.
+    space. For a model trained on CPU, :meth:`predict` on CPU gives exactly the matrix :func:`~scvgae_sc.tl.impute`
+    wrote (GPU kernels are not bit-reproducible: expect float32 rounding differences across devices).
 
     On disk a model is a folder: ``model.json`` (method, module constructor arguments, prediction settings,
     input layer, training parameters, cell and gene names, format and package versions), ``weights.pt``

@@ -69,6 +69,24 @@ def test_saved_model_reproduces_exactly(trained, method, tmp_path):
     out.write_h5ad(tmp_path / "again.h5ad")  # everything it wrote is storable
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("scvgae", {"variational": True, "output": "recon", "graph": "kernel"}),
+        ("scvgae", {"transform": "log1p", "batch_size": None, "heads": "linear"}),
+        ("gnnimpute", {"output": "recon", "mask_rate": 0.0}),
+    ],
+)
+def test_other_options_reproduce_exactly(trained, method, options, tmp_path):
+    adata, _ = trained
+    small = adata[:200].copy()
+    model = sv.tl.impute(
+        small, method=method, layer=METHODS[method], max_epochs=2, progress_bar=False, return_model=True, **options
+    )
+    model.save(tmp_path / "m")
+    np.testing.assert_array_equal(ImputationModel.load(tmp_path / "m").predict(small), small.layers[method])
+
+
 def test_copy_returns_adata_and_model(trained):
     adata, _ = trained
     before = set(adata.layers)
