@@ -37,8 +37,19 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(fmt.format(*r) for r in [head, *body])
 
 
-def demo(*, max_epochs: int | None = None, random_state: int = 0, device: str = "auto") -> int:
-    """Run the whole pipeline on the offline ``pbmc68k`` data and print what went where."""
+def demo(
+    *,
+    max_epochs: int | None = None,
+    random_state: int = 0,
+    device: str = "auto",
+    figdir: str | None = None,
+    plot: bool = True,
+) -> int:
+    """Run the whole pipeline on the offline ``pbmc68k`` data and print what went where.
+
+    With ``plot``, writes ``demo_embedding_comparison.png`` (UMAP of the normalized and the imputed layer) into
+    ``figdir`` (default: a new temporary folder, never the working directory) and prints its path.
+    """
     import scanpy as sc
 
     import scvgae_sc as sv
@@ -71,7 +82,13 @@ def demo(*, max_epochs: int | None = None, random_state: int = 0, device: str = 
             rows.append({"layer": f"{layer} ({protocol})", **s})
     print(_table(rows, ["ari", "ami", "nmi", "n_clusters"]))
 
-    print("7. masked recovery: hide 10 % of non-zeros of layers['total'], impute, score the hidden entries")
+    if plot:
+        print("7. sv.pl.embedding_comparison(adata, ['normalized', 'scvgae'], basis='umap'): UMAP of each layer")
+        path = _plot_comparison(adata, figdir, random_state=random_state)
+        print(f"   figure: {path}")
+
+    step = 8 if plot else 7
+    print(f"{step}. masked recovery: hide 10 % of non-zeros of layers['total'], impute, score the hidden entries")
     sv.pp.mask_dropouts(adata, layer="total", random_state=random_state)
     sv.tl.impute(
         adata,
@@ -89,6 +106,25 @@ def demo(*, max_epochs: int | None = None, random_state: int = 0, device: str = 
     ]
     print(_table(rows, ["mse", "mae", "pearson", "cosine", "n"]))
     return 0
+
+
+def _plot_comparison(adata, figdir: str | None, *, random_state: int) -> Path:
+    """UMAP of the normalized vs the imputed layer, saved as a PNG; returns its path."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    import scvgae_sc as sv
+
+    folder = Path(figdir) if figdir is not None else Path(tempfile.mkdtemp(prefix="scvgae-sc-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo_embedding_comparison.png"
+    fig = sv.pl.embedding_comparison(
+        adata, ["normalized", "scvgae"], basis="umap", random_state=random_state, return_fig=True
+    )
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 class _Refused(Exception):
@@ -307,6 +343,10 @@ def _parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--max-epochs", type=int, default=None, help="training epochs (default: the method's)")
     p_demo.add_argument("--random-state", type=int, default=0)
     p_demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p_demo.add_argument(
+        "--figdir", default=None, help="folder for demo_embedding_comparison.png (default: a new temporary folder)"
+    )
+    p_demo.add_argument("--no-plot", action="store_true", help="skip the UMAP comparison figure")
     return parser
 
 
@@ -328,7 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "impute":
             return impute_command(args)
         if args.command == "demo":
-            return demo(max_epochs=args.max_epochs, random_state=args.random_state, device=args.device)
+            return demo(
+                max_epochs=args.max_epochs,
+                random_state=args.random_state,
+                device=args.device,
+                figdir=args.figdir,
+                plot=not args.no_plot,
+            )
     except (_Refused, ValueError, TypeError, FloatingPointError, OSError) as err:
         print(f"scvgae-sc: error: {err}", file=sys.stderr)
         return 1
