@@ -18,6 +18,7 @@ from ._common import (
     progress_enabled,
     resolve_graph,
     size_factors,
+    split_batches,
 )
 from ._impute import ImputeResult
 
@@ -169,8 +170,52 @@ def _calibrate(recon, x):
     return rc * slope + x_mean
 
 
-def _fit_fill_scale(trainer, x, observed, edge_index, edge_weight, mask_rate, gen, predict_fill, to_layer) -> float:
-    """Least-squares factor from predictions to values at freshly hidden observed entries (on the layer's scale).
+def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
+    """Eval-mode ``(recon, z)`` without gradients; heads and decoder run on ``chunk`` rows at a time.
+
+    The encoder propagates over the whole graph for every chunk (cheap: ``hidden`` channels); the
+    ``n_cells × n_genes`` intermediates of the heads, the decoder and the add-back exist only per chunk.
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            recon = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            z = None
+            for rows in torch.arange(x.shape[0], device=x.device).split(max(int(chunk), 2)):
+                out = module(x, edge_index, edge_weight, rows=rows)
+                recon[rows] = out["recon"].float()
+                if z is None:
+                    z = out["z"].float()
+                del out
+    finally:
+        module.train(was_training)
+    return recon, z
+
+
+def _fill(recon, x, observed, *, transform: str, fill_gate: float, fill_scale: float, graph):
+    """In place on ``recon``: the ``output="fill"`` matrix on the input layer's scale (see :func:`scvgae_options`)."""
+    import torch
+
+    recon.clamp_(min=0)
+    if transform == "log1p":
+        recon.expm1_()
+    if fill_gate > 0:
+        rate = detection_rate(graph, recon.device)(observed)
+        recon.mul_(rate.div_(fill_gate).clamp_(max=1.0))
+        del rate
+    if fill_scale != 1.0:
+        recon.mul_(fill_scale)
+    if observed is not None and x is not None:
+        values = x[observed]
+        recon[observed] = torch.expm1(values) if transform == "log1p" else values
+    return recon
+
+
+def _fit_fill_scale(module, x, observed, edge_index, edge_weight, *, mask_rate, gen, chunk, **fill_kwargs) -> float:
+    """Least-squares factor from fill values to freshly hidden observed entries (on the input layer's scale).
 
     One more pass with a new random ``mask_rate`` of the observed non-zeros hidden: the factor that best maps
     the model's fill values for them to their values, which it did not see. Only observed data are used.
@@ -179,13 +224,58 @@ def _fit_fill_scale(trainer, x, observed, edge_index, edge_weight, mask_rate, ge
 
     hidden = observed & (torch.rand(x.shape, generator=gen, device=x.device) < mask_rate)
     x_in = x.masked_fill(hidden, 0.0)
-    out = trainer.predict(lambda m: m(x_in, edge_index, edge_weight))
-    pred = predict_fill(out["recon"].float().clamp_min(0), x_in > 0)[hidden].double()
-    truth = to_layer(x[hidden]).double()
+    recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
+    pred = _fill(recon, None, x_in > 0, fill_scale=1.0, **fill_kwargs)[hidden].double()
+    del recon, x_in
+    truth = x[hidden].double()
+    if fill_kwargs["transform"] == "log1p":
+        truth = torch.expm1(truth)
     denom = float(pred.pow(2).sum())
     if denom <= 0:
         return 1.0
     return float((pred * truth).sum()) / denom
+
+
+def scvgae_input(X, transform: str):
+    """The model input: the input layer ``X`` as float32, ``log1p``-transformed when ``transform`` says so."""
+    Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    if transform == "log1p":
+        Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
+    return Xm
+
+
+def predict_scvgae(
+    module,
+    x,
+    edge_index,
+    edge_weight,
+    *,
+    output: str,
+    calibrate: bool,
+    transform: str,
+    fill_gate: float = 0.0,
+    fill_scale: float = 1.0,
+    graph: sparse.spmatrix | None = None,
+    chunk: int = 512,
+):
+    """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
+
+    The one prediction path of :func:`run_scvgae` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    ``fill_gate`` needs the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` is the fitted factor;
+    ``chunk`` rows go through the heads and the decoder at a time.
+    """
+    recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk)
+    if output == "fill":
+        imputed = _fill(recon, x, x > 0, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale, graph=graph)
+    else:
+        if calibrate:
+            recon = _calibrate(recon, x)
+        imputed = recon.clamp_(min=0)
+        if transform == "log1p":
+            imputed.expm1_()
+    imputed = imputed.cpu().numpy()
+    latent = z.cpu().numpy()
+    return np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
 
 
 def run_scvgae(
@@ -218,9 +308,7 @@ def run_scvgae(
     transform = opts["transform"]
     if transform == "auto":
         transform = "log1p" if normalization == "total" else "none"
-    Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
-    if transform == "log1p":
-        Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
+    Xm = scvgae_input(X, transform)
 
     graph_kwargs = (
         {"n_neighbors": opts["n_neighbors"], "n_pcs": opts["n_pcs"]}
@@ -231,18 +319,17 @@ def run_scvgae(
 
     if random_state is not None:
         torch.manual_seed(int(random_state))
-    model = SCVGAE(
-        n_genes,
-        n_cells,
-        hidden=opts["hidden"],
-        variational=opts["variational"],
-        decoder_input=opts["decoder_input"],
-        heads=opts["heads"],
-        add_back=opts["add_back"],
-        add_back_init=float(opts["add_back_init"]),
-        decoder_hidden=opts["decoder_hidden"],
-        cached=True,
-    )
+    module_kwargs = {
+        "hidden": opts["hidden"],
+        "variational": opts["variational"],
+        "decoder_input": opts["decoder_input"],
+        "heads": opts["heads"],
+        "add_back": opts["add_back"],
+        "add_back_init": float(opts["add_back_init"]),
+        "decoder_hidden": opts["decoder_hidden"],
+        "cached": True,
+    }
+    model = SCVGAE(n_genes, n_cells, **module_kwargs)
     x = dense_tensor(Xm, dev)
     if opts["zinb_target"] == "counts":
         c = dense_tensor(counts, dev)
@@ -279,7 +366,7 @@ def run_scvgae(
         if batch_size >= n_cells:
             return batch_loss(module, x_in, hidden, None)
         order = torch.randperm(n_cells, generator=gen, device=dev)
-        return (batch_loss(module, x_in, hidden, rows) for rows in order.split(batch_size))
+        return (batch_loss(module, x_in, hidden, rows) for rows in split_batches(order, batch_size))
 
     trainer = Trainer(
         model,
@@ -293,34 +380,34 @@ def run_scvgae(
     )
     start = logg.info(f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}")
     history = trainer.fit(train_step)
-    out = trainer.predict(lambda m: m(x, edge_index, edge_weight))
-    recon = out["recon"].float()
-    if opts["calibrate"] and opts["output"] == "recon":
-        recon = _calibrate(recon, x)
-    recon = recon.clamp_min(0)
-    to_layer = torch.expm1 if transform == "log1p" else (lambda t: t)
+    gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
+    chunk = batch_size
     scale = 1.0
-    gate = float(opts["fill_gate"])
-    propagate = detection_rate(A, dev) if (opts["output"] == "fill" and gate > 0) else None
-
-    def gated(pred, visible):
-        """Predictions on the layer's scale, times min(1, detection rate / gate) (see ``fill_gate``)."""
-        pred = to_layer(pred)
-        if propagate is None:
-            return pred
-        return pred * (propagate(visible) / gate).clamp(max=1.0)
-
     fit_scale = opts["fill_scale"] == "fit" or (opts["fill_scale"] == "auto" and transform == "log1p")
     if opts["output"] == "fill" and fit_scale and mask_rate > 0:
-        scale = _fit_fill_scale(trainer, x, observed, edge_index, edge_weight, mask_rate, gen, gated, to_layer)
+        scale = _fit_fill_scale(
+            model,
+            x,
+            observed,
+            edge_index,
+            edge_weight,
+            mask_rate=mask_rate,
+            gen=gen,
+            chunk=chunk,
+            transform=transform,
+            fill_gate=gate,
+            graph=A,
+        )
         logg.debug(f"    fill scale fitted on hidden entries: {scale:.3f}")
-    if opts["output"] == "fill":
-        imputed = torch.where(observed, to_layer(x), gated(recon, observed) * scale)
-        del recon
-    else:
-        imputed = to_layer(recon)
-    imputed = imputed.cpu().numpy()
-    latent = out["z"].float().cpu().numpy()
+    predict_kwargs = {
+        "output": opts["output"],
+        "calibrate": bool(opts["calibrate"]),
+        "transform": transform,
+        "fill_gate": gate,
+        "fill_scale": float(scale),
+        "chunk": int(chunk),
+    }
+    imputed, latent = predict_scvgae(model, x, edge_index, edge_weight, graph=A, **predict_kwargs)
     logg.debug("    finished training", time=start)
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
@@ -333,4 +420,9 @@ def run_scvgae(
         graph=sparse.csr_matrix(A, dtype=np.float32),
         graph_info=graph_info,
         device=str(dev),
+        model_state={
+            "module": model,
+            "module_kwargs": {"n_genes": n_genes, "n_cells": n_cells, **module_kwargs},
+            "predict_kwargs": predict_kwargs,
+        },
     )
