@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         name, group = args.name or ("quick" if args.quick else "scvgae"), "method"
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = ("python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     global _PARALLEL
     _PARALLEL = args.parallel
     m = None
@@ -335,10 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             future.result()
             records = [done[i] for i in sorted(done)]
             m = m or machine(jobs)
-            (RESULTS / f"{name}.json").write_text(json.dumps({"machine": m, "records": records}, indent=1))
+            partial = {"machine": m, "command": cmd + " [partial: still running or stopped]", "records": records}
+            (RESULTS / f"{name}.json").write_text(json.dumps(partial, indent=1))
     records = [done[i] for i in sorted(done)]
     total = time.perf_counter() - t_start
-    cmd = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = [f"# Benchmark `{name}`\n", f"Command: `{cmd.strip()}` — total {total / 60:.1f} min.\n"]
     m = m or machine(jobs)
     md.append(

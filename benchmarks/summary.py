@@ -116,7 +116,7 @@ def _fmt(cell: dict | None, fmt: str = ".3f", bold: bool = False) -> str:
     return f"**{s}**" if bold else s
 
 
-def render(tab: dict, win: dict, machines: dict, title: str) -> str:
+def render(tab: dict, win: dict, machines: dict, title: str, records: list[dict], note: str | None = None) -> str:
     """The summary as markdown; its first line is the win count."""
     names = {"magic": "MAGIC", "scvi": "scVI"}
     parts = []
@@ -133,7 +133,8 @@ def render(tab: dict, win: dict, machines: dict, title: str) -> str:
         "",
         f"# {title}",
         "",
-        "Timings: every job runs alone in a fresh process with `OMP_NUM_THREADS=1` and `torch.set_num_threads(1)`, "
+        *([note, ""] if note else []),
+        "Timings: every job runs in a fresh process with `OMP_NUM_THREADS=1` and `torch.set_num_threads(1)`, "
         "on a shared 2-core machine (other people's work ran at the same time, and the run files below say how many "
         "benchmark jobs ran at once), so seconds are 1-thread and contended: compare orders of magnitude, not "
         "percent. Seconds = the imputation call only (imports and data loading excluded); peak MB = peak RSS of the "
@@ -156,6 +157,14 @@ def render(tab: dict, win: dict, machines: dict, title: str) -> str:
             f"OMP_NUM_THREADS={m.get('OMP_NUM_THREADS', '?')}, "
             f"{m.get('jobs_in_parallel', 1)} job(s) at a time" + (f"; {envs}" if envs else "") + "."
         )
+    capped = sorted({(r["dataset"], r["method"], r["max_epochs"]) for r in records if r.get("max_epochs")})
+    if capped:
+        lines += [
+            "",
+            "Epochs capped below the method's default (`--max-epochs`): "
+            + ", ".join(f"{m} on {ds} at {e}" for ds, m, e in capped)
+            + ".",
+        ]
     for ds in sorted(tab, key=lambda d: DATASETS.index(d) if d in DATASETS else 99):
         d = tab[ds]
         lines += ["", f"## {ds} ({d['shape'][0]} × {d['shape'][1]} after `pp.filter`)"]
@@ -270,14 +279,24 @@ def combine(name: str, files: list[Path]) -> None:
     from bench import summarize
 
     records, machines = load_records(files)
-    commands = [f"{p.name}: {info['command']}" for p, info in zip(files, machines.values(), strict=True)]
-    first = next(iter(machines.values()))["machine"]
+    commands = [
+        f"{p.name}: {info['command'] or '(command not recorded: run stopped before its end)'}"
+        for p, info in zip(files, machines.values(), strict=True)
+    ]
+    first = dict(next(iter(machines.values()))["machine"])
+    first["peer_envs"] = {
+        k: v for info in machines.values() for k, v in (info["machine"].get("peer_envs") or {}).items()
+    }
+    first["jobs_in_parallel"] = max(info["machine"].get("jobs_in_parallel", 1) for info in machines.values())
     total = sum(json.loads(p.read_text()).get("total_s", 0.0) for p in files)
     data = {"machine": first, "command": " ; ".join(commands), "total_s": total, "parts": machines, "records": records}
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
     md = [f"# Benchmark `{name}` (merged)\n", "Parts (each ran as its own command):\n"]
     md += [f"- `{c}`" for c in commands]
-    md.append(f"\nTotal {total / 60:.1f} min of run time (parts may have run at the same time).\n")
+    md.append(
+        f"\nRun time recorded by the parts that ran to their end: {total / 60:.1f} min (a stopped part records none; "
+        "parts may have run at the same time).\n"
+    )
     md.append(summarize(records))
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     print(f"wrote {RESULTS / name}.json / .md ({len(records)} records)")
@@ -294,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", nargs="+", type=Path, default=None, help="result files to merge (default: see above)")
     p.add_argument("--combine", nargs="+", metavar=("NAME", "FILE"), help="merge FILEs into results/NAME.json")
     p.add_argument("--name", default=None, help="output stem (default summary, or summary_quick)")
+    p.add_argument("--note", default=None, help="a paragraph put under the title (e.g. how the runs were split)")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.combine:
@@ -321,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     win = wins(tab)
     name = args.name or ("summary_quick" if args.quick else "summary")
     title = "Benchmark summary: scvgae-sc vs MAGIC, scVI, ALRA" + (" (quick)" if args.quick else "")
-    md = render(tab, win, machines, title)
+    md = render(tab, win, machines, title, records, args.note)
     if args.run:
         md += f"\nRun time of this command: {(time.perf_counter() - t0) / 60:.1f} min.\n"
     (RESULTS / f"{name}.md").write_text(md)
