@@ -73,7 +73,7 @@ GNN_ABLATIONS = {
     "bf16": {"precision": "bf16"},
     "patience 100": {"patience": 100},
     "bf16, patience 100": {"precision": "bf16", "patience": 100},
-    "every zero filled (fill_gate=0)": {"fill_gate": 0.0},
+    "fill gated (fill_gate=0.4, scVGAE's default)": {"fill_gate": 0.4},
     "no self-supervised masking (published)": {"mask_rate": 0.0},
 }
 
