@@ -6,6 +6,7 @@ the fix, before anything in the caller's AnnData is modified.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +18,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "available_memory",
     "check_adata",
+    "check_memory",
     "check_counts",
     "check_finite",
     "check_nonnegative",
     "get_layer",
+    "rows_vary",
     "seed_everything",
     "to_dense_array",
     "uns_entry",
@@ -124,6 +128,14 @@ def check_counts(X: np.ndarray | sparse.spmatrix, name: str) -> None:
         )
 
 
+def rows_vary(X: np.ndarray | sparse.spmatrix) -> bool:
+    """Whether the rows of ``X`` are not all identical (some column has max > min); PCA needs them to vary."""
+    if sparse.issparse(X):
+        return bool(np.asarray((X.max(axis=0) - X.min(axis=0)).toarray()).any()) if X.shape[0] else False
+    X = np.asarray(X)
+    return bool(np.ptp(X, axis=0).any()) if X.size else False
+
+
 def to_dense_array(X: np.ndarray | sparse.spmatrix, dtype: Any = np.float32) -> np.ndarray:
     """A dense C-contiguous copy-if-needed of ``X`` as ``dtype``."""
     if sparse.issparse(X):
@@ -169,3 +181,53 @@ def params_for_uns(params: Mapping[str, Any]) -> dict:
             v = list(v)
         out[k] = v
     return out
+
+
+def available_memory() -> float | None:
+    """Bytes of memory available now: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else the physical memory.
+
+    ``None`` when neither can be read (the memory check is then skipped).
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(need: float, *, what: str, max_memory: float | None = None) -> None:
+    """Refuse, with the figures, work that needs ``need`` bytes when fewer are available.
+
+    Parameters
+    ----------
+    need
+        Estimated peak bytes.
+    what
+        What needs them, for the message (``"imputing 700 × 765 cells × genes"``).
+    max_memory
+        Bytes allowed; ``None``: :func:`available_memory` (the check is skipped when that is unknown).
+    """
+    if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, int | float | np.integer | np.floating):
+            raise TypeError(f"max_memory must be a number of bytes or None, got {type(max_memory).__name__}.")
+        if not max_memory > 0:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
+        limit = float(max_memory)
+        have = f"max_memory is {limit / 1e9:.2f} GB"
+    else:
+        avail = available_memory()
+        if avail is None:
+            return
+        limit = avail
+        have = f"only {limit / 1e9:.2f} GB are available"
+    if need > limit:
+        raise ValueError(
+            f"{what} needs about {need / 1e9:.2f} GB of memory, but {have}. Use fewer cells or genes (e.g. highly "
+            "variable genes), or pass max_memory= (bytes) if you know better than the estimate."
+        )

@@ -49,7 +49,10 @@ def test_sig_conventions(f, qualname):
         assert first.name == "adata"
         assert copy_param.default is False, f"{qualname}: copy defaults to False"
         assert not _is_positional(copy_param), f"{qualname}: copy is keyword-only"
-        assert sig.return_annotation == "AnnData | None", f"{qualname}: functions with copy return AnnData | None"
+        expected = "AnnData | None"
+        if "return_model" in sig.parameters:  # tl.impute: the model instead of None, or (copy, model)
+            expected = "AnnData | ImputationModel | tuple[AnnData, ImputationModel] | None"
+        assert sig.return_annotation == expected, f"{qualname}: functions with copy return {expected}"
 
 
 @pytest.mark.parametrize(("f", "qualname"), API_FUNCTIONS)

@@ -8,7 +8,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import CELL_GRAPH, NORMALIZED, connectivities_key, distances_key
-from .._utils import check_adata, check_finite, get_layer, params_for_uns, seed_everything
+from .._utils import check_adata, check_finite, get_layer, params_for_uns, rows_vary, seed_everything
 
 #: Below this many cells neighbours are exact (brute force, as Scanpy does); above, pynndescent.
 EXACT_KNN_MAX_CELLS = 4096
@@ -134,7 +134,7 @@ def compute_graph(
     seed_everything(random_state)
     if method == "knn":
         n_comps = min(int(n_pcs or 0), n - 1, X.shape[1] - 1)
-        if n_pcs and n_comps >= 1:
+        if n_pcs and n_comps >= 1 and rows_vary(X):  # PCA (ARPACK) fails on a matrix of identical rows
             import scanpy as sc
 
             Xf = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +69,19 @@ def dense_tensor(X, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(to_dense_array(X, np.float32)).to(device)
 
 
+def split_batches(order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """``order.split(batch_size)``, with a last batch of one cell merged into the one before.
+
+    BatchNorm cannot train on a single cell (``n_cells % batch_size == 1``, e.g. 1,025 cells in batches of 512).
+    """
+    batches = order.split(batch_size)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        import torch
+
+        batches = (*batches[:-2], torch.cat(batches[-2:]))
+    return batches
+
+
 def progress_enabled(progress_bar: bool | None) -> bool:
     """Show progress bars at Scanpy verbosity ``info`` (the default) or above, unless told otherwise."""
     if progress_bar is not None:
@@ -106,3 +120,29 @@ def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0
     if not ok:
         raise ValueError(f"{name} must be a number in [{low}, {high}{']' if closed else ')'}, got {value!r}.")
     return float(value)
+
+
+def detection_rate(A: sparse.spmatrix, dev) -> Callable:
+    """Map a boolean ``(n_cells, n_genes)`` detection matrix to each gene's detection rate around each cell.
+
+    The rate is over the cell's graph neighbourhood (itself included, edges weighted, rows summing to 1).
+    """
+    import torch
+
+    P = sparse.csr_matrix(A, dtype=np.float32) + sparse.eye(A.shape[0], dtype=np.float32, format="csr")
+    P = sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P
+    P = P.tocoo()
+    Pt = torch.sparse_coo_tensor(
+        np.vstack([P.row, P.col]), P.data.astype(np.float32), size=P.shape, device=dev, check_invariants=False
+    ).coalesce()
+    return lambda detected: torch.sparse.mm(Pt, detected.float())
+
+
+def gate_fill(values, visible, propagate: Callable | None, gate: float):
+    """Fill values times ``min(1, detection rate / gate)``, the rate from ``propagate(visible)``.
+
+    ``propagate`` is :func:`detection_rate`'s function of the graph (``None`` or ``gate == 0``: no gating).
+    """
+    if propagate is None or gate <= 0:
+        return values
+    return values * (propagate(visible) / gate).clamp(max=1.0)

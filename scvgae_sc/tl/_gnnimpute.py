@@ -13,7 +13,9 @@ from .._utils import to_dense_array
 from ._common import (
     check_fraction,
     check_positive_int,
+    detection_rate,
     edge_tensors,
+    gate_fill,
     history_arrays,
     progress_enabled,
     resolve_graph,
@@ -37,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "mask_rate": 0.1,
     "mask_weight": 1.0,
     "output": "fill",
+    "fill_gate": 0.4,
+    "fill_scale": "auto",
     "precision": "32",
     "progress_bar": None,
 }
@@ -93,8 +97,15 @@ def gnnimpute_options() -> dict[str, Any]:
         includes the same term for a fixed mask of the validation cells, so early stopping watches
         imputation, not only reconstruction. ``0`` turns it off (the published training).
     ``output`` (``"fill"``)
-        ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction;
-        ``"recon"``: the model's output everywhere (the published output).
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
+        ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output).
+    ``fill_gate`` (0.4), ``fill_scale`` (``"auto"``)
+        As for scVGAE (:func:`scvgae_options`): a zero is filled with the full prediction where the gene is
+        detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the prediction times
+        (detection rate / ``fill_gate``) elsewhere (``0``: every zero gets the full prediction).
+        ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
+        observed values (needs ``mask_rate > 0``); ``"auto"`` and ``"none"`` do not (GNNImpute is trained on
+        the layer's own scale).
     ``precision`` (``"32"``)
         ``"bf16"`` trains under bfloat16 autocast.
     ``progress_bar`` (None)
@@ -130,7 +141,7 @@ def _validate(opts: dict[str, Any]) -> None:
             f"Unknown option(s) for method='gnnimpute': {', '.join(sorted(unknown))}. "
             f"Known: {', '.join(sorted(DEFAULTS))}."
         )
-    choices = {"output": ("fill", "recon"), "precision": ("32", "bf16")}
+    choices = {"output": ("fill", "recon"), "precision": ("32", "bf16"), "fill_scale": ("auto", "fit", "none")}
     for k, allowed in choices.items():
         if opts[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
@@ -142,6 +153,7 @@ def _validate(opts: dict[str, Any]) -> None:
     check_fraction("dropout", opts["dropout"], high=1.0, closed=False)
     check_fraction("attention_dropout", opts["attention_dropout"], high=1.0, closed=False)
     check_fraction("mask_rate", opts["mask_rate"], high=1.0, closed=False)
+    check_fraction("fill_gate", opts["fill_gate"])
     _check_number("lr", opts["lr"], positive=True)
     _check_number("weight_decay", opts["weight_decay"])
     _check_number("mask_weight", opts["mask_weight"])
@@ -186,6 +198,64 @@ def split_cells(
     return masks[0], masks[1], masks[2]
 
 
+def gnnimpute_input(X) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GNNImpute's model input from the input layer ``X``: ``(Xlin, Xlog, Xz, zero_z)``.
+
+    ``Xlin`` is ``X`` dense float32 (the target), ``Xlog`` its ``log1p``, ``Xz`` the model input (``Xlog``
+    z-scored per gene; genes without variance only centred) and ``zero_z`` what a zero becomes in ``Xz``.
+    """
+    Xlin = to_dense_array(X, np.float32)
+    Xlog = np.log1p(Xlin)
+    mean = Xlog.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = Xlog.std(axis=0, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    Xz = (Xlog - mean) / std
+    zero_z = -mean / std  # what a zero becomes
+    return Xlin, Xlog, Xz, zero_z
+
+
+def predict_gnnimpute(
+    module,
+    x,
+    edge_index,
+    target,
+    *,
+    output: str,
+    fill_gate: float = 0.0,
+    fill_scale: float = 1.0,
+    graph: sparse.spmatrix | None = None,
+):
+    """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` and its input ``x``.
+
+    ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and ``latent``
+    float32 NumPy arrays; ``target`` is the input layer as a dense tensor. ``fill_gate`` needs the cell ``graph``
+    (see :func:`gnnimpute_options`); ``fill_scale`` is the fitted factor. The one prediction path of
+    :func:`run_gnnimpute` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            # without size factors the decoder output is on the input layer's scale
+            out = module(x, edge_index)
+    finally:
+        module.train(was_training)
+    pred = out["recon"].float().clamp_min(0)
+    if output == "fill":
+        observed = target > 0
+        propagate = detection_rate(graph, target.device) if fill_gate > 0 else None
+        fill = gate_fill(pred, observed, propagate, fill_gate)
+        imputed = torch.where(observed, target, fill * fill_scale if fill_scale != 1.0 else fill)
+        del fill
+    else:
+        imputed = pred
+    imputed = imputed.cpu().numpy()
+    latent = out["z"].float().cpu().numpy()
+    return pred, np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+
 def run_gnnimpute(
     X,
     counts,
@@ -228,14 +298,7 @@ def run_gnnimpute(
         )
 
     # model input: log1p, then z-score per gene
-    Xlin = to_dense_array(X, np.float32)
-    Xlog = np.log1p(Xlin)
-    mean = Xlog.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = Xlog.std(axis=0, dtype=np.float64).astype(np.float32)
-    std[std == 0] = 1.0
-    Xz = (Xlog - mean) / std
-    zero_z = -mean / std  # what a zero becomes
-    del mean, std
+    Xlin, Xlog, Xz, zero_z = gnnimpute_input(X)
 
     A, graph_info = resolve_graph(
         provided_graph,
@@ -252,15 +315,15 @@ def run_gnnimpute(
 
     if random_state is not None:
         torch.manual_seed(int(random_state))
-    model = GNNImputeModule(
-        n_genes,
-        hidden=opts["hidden"],
-        latent=opts["latent"],
-        heads=opts["heads"],
-        dropout=float(opts["dropout"]),
-        attention_dropout=float(opts["attention_dropout"]),
-        add_self_loops=True,
-    )
+    module_kwargs = {
+        "hidden": opts["hidden"],
+        "latent": opts["latent"],
+        "heads": opts["heads"],
+        "dropout": float(opts["dropout"]),
+        "attention_dropout": float(opts["attention_dropout"]),
+        "add_self_loops": True,
+    }
+    model = GNNImputeModule(n_genes, **module_kwargs)
     with torch.no_grad():  # start at each gene's mean: from ~0 the ReLU decoder needs hundreds of epochs to get there
         model.decoder[-2].bias.copy_(torch.from_numpy(Xlin.mean(axis=0, dtype=np.float64).astype(np.float32)))
     x = torch.from_numpy(Xz).to(dev)
@@ -342,15 +405,27 @@ def run_gnnimpute(
         f"{int(val_cells.sum())} validation, {int(test_cells.sum())} test cells), {A.nnz} edges, {dev}"
     )
     history = trainer.fit(train_step, val_step)
-    # without size factors the decoder output is on the input layer's scale
-    out = trainer.predict(lambda m: m(x, edge_index))
-    pred = out["recon"].float().clamp_min(0)
+    gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
+    scale = 1.0
+    if opts["output"] == "fill" and opts["fill_scale"] == "fit" and use_mask:
+        # "auto" does not fit: the model is trained on the layer's own scale.
+        # A fresh mask of the observed non-zeros: the factor from fill values to the hidden values.
+        propagate = detection_rate(A, dev) if gate > 0 else None
+        hidden = draw_mask()
+        flat = observed[hidden]
+        visible = target > 0
+        visible.view(-1)[flat] = False
+        fill = trainer.predict(lambda m: m(corrupt(hidden), edge_index))["recon"].float().clamp_min(0)
+        p_h = gate_fill(fill, visible, propagate, gate).reshape(-1)[flat].double()
+        denom = float(p_h.pow(2).sum())
+        if denom > 0:
+            scale = float((p_h * target.reshape(-1)[flat].double()).sum()) / denom
+        del fill, visible, propagate
+    predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale)}
+    pred, imputed, latent = predict_gnnimpute(model, x, edge_index, target, graph=A, **predict_kwargs)
     if test_cells.any():
         test_rows = torch.from_numpy(np.flatnonzero(test_cells)).to(dev)
         history["test_mse"] = float(F.mse_loss(pred[test_rows], target[test_rows]))
-    imputed = torch.where(target > 0, target, pred) if opts["output"] == "fill" else pred
-    imputed = imputed.cpu().numpy()
-    latent = out["z"].float().cpu().numpy()
     logg.debug(
         f"    stopped after {history['n_epochs']} epochs (best epoch {history['best_epoch']})",
         time=start,
@@ -358,6 +433,7 @@ def run_gnnimpute(
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
     params.update(max_epochs_used=n_epochs, n_train=int(train_cells.sum()), n_val=int(val_cells.sum()))
+    params["fill_scale_used"] = float(scale)
     params["n_test"] = int(test_cells.sum())
     return ImputeResult(
         imputed=np.ascontiguousarray(imputed, dtype=np.float32),
@@ -367,4 +443,9 @@ def run_gnnimpute(
         graph=sparse.csr_matrix(A, dtype=np.float32),
         graph_info=graph_info,
         device=str(dev),
+        model_state={
+            "module": model,
+            "module_kwargs": {"n_genes": n_genes, **module_kwargs},
+            "predict_kwargs": predict_kwargs,
+        },
     )

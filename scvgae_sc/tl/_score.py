@@ -10,7 +10,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import CELL_TYPE, MASKED, NORMALIZED, mask_key
-from .._utils import check_adata, check_finite, get_layer, to_dense_array
+from .._utils import check_adata, check_finite, get_layer, rows_vary, to_dense_array
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -365,6 +365,8 @@ def score_clustering(
     check_finite(X, name)
     if protocol == "leiden" and X.shape[1] < 2:
         raise ValueError(f"{name} has {X.shape[1]} gene(s); protocol='leiden' needs at least 2 for PCA.")
+    if protocol == "leiden" and not rows_vary(X):
+        raise ValueError(f"Every cell of {name} has the same values; protocol='leiden' (PCA) needs them to differ.")
 
     start = logg.info(f"scoring clustering of {name} against {labels_key!r} ({protocol!r} protocol, k={k})")
     if protocol == "paper":

@@ -254,3 +254,29 @@ def test_interrupt_leaves_adata_untouched(snapshot, prepared, monkeypatch):
     with pytest.raises(KeyboardInterrupt), pytest.warns(RuntimeWarning, match="interrupted"):
         sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=2, progress_bar=False)
     snap.assert_unchanged(prepared)
+
+
+def test_fill_gate_and_scale(prepared):
+    """The gate only lowers fill values; a fitted scale is recorded and applied to the fill values only."""
+    kw = {"layer": "total", "max_epochs": 3, "copy": True, "random_state": 1, **SMALL}
+    plain = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.0, **kw)
+    gated = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, **kw)
+    fitted = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, fill_scale="fit", **kw)
+    inp = prepared.layers["total"].toarray()
+    observed = inp > 0
+    for out in (plain, gated, fitted):
+        np.testing.assert_array_equal(out.layers["gnnimpute"][observed], inp[observed])
+    assert gated.uns["gnnimpute"]["params"]["fill_scale_used"] == 1.0  # "auto": trained on the layer's scale
+    p, g = plain.layers["gnnimpute"][~observed], gated.layers["gnnimpute"][~observed]
+    assert (g <= p + 1e-5).all() and (g < p - 1e-5).any()
+    scale = fitted.uns["gnnimpute"]["params"]["fill_scale_used"]
+    assert scale > 0 and scale != 1.0
+    np.testing.assert_allclose(fitted.layers["gnnimpute"][~observed], g * scale, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [{"fill_gate": 2.0}, {"fill_scale": "yes"}])
+def test_fill_options_validated(snapshot, prepared, bad):
+    snap = snapshot(prepared)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=1, **SMALL, **bad)
+    snap.assert_unchanged(prepared)

@@ -83,6 +83,33 @@ def test_graph_key_and_key_added(prepared):
     assert prepared.uns["imp"]["graph"]["key"] == "g"
 
 
+def test_fill_gate_and_scale(prepared):
+    """The gate only lowers fill values where neighbours rarely detect the gene; the fitted scale is recorded."""
+    kw = {"max_epochs": 5, "progress_bar": False, "copy": True, "random_state": 3}
+    plain = sv.tl.impute(prepared, method="scvgae", fill_gate=0.0, fill_scale="none", **kw)
+    gated = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="none", **kw)
+    fitted = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="fit", **kw)
+    auto = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, **kw)  # sqrt layer: the model's own scale
+    inp = prepared.layers["normalized"].toarray()
+    observed = inp > 0
+    assert plain.uns["scvgae"]["params"]["fill_scale_used"] == 1.0
+    assert auto.uns["scvgae"]["params"]["fill_scale_used"] == 1.0
+    np.testing.assert_array_equal(auto.layers["scvgae"], gated.layers["scvgae"])
+    for out in (plain, gated, fitted):
+        np.testing.assert_array_equal(out.layers["scvgae"][observed], inp[observed])
+    p, g = plain.layers["scvgae"][~observed], gated.layers["scvgae"][~observed]
+    assert (g <= p + 1e-6).all() and (g < p - 1e-6).any()
+    scale = fitted.uns["scvgae"]["params"]["fill_scale_used"]
+    assert scale > 0 and scale != 1.0
+    np.testing.assert_allclose(fitted.layers["scvgae"][~observed], g * scale, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"fill_gate": 1.5}, {"fill_gate": -0.1}, {"fill_scale": "yes"}])
+def test_fill_options_validated(prepared, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        sv.tl.impute(prepared, method="scvgae", max_epochs=1, progress_bar=False, **bad)
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -1,0 +1,125 @@
+"""Scaling of both methods with the number of cells: per-epoch time and peak memory on simulated data.
+
+Each (method, n_cells) job runs in a fresh process on ``datasets.simulate(n_cells, n_genes)`` (normalized
+with ``pp.normalize(method="total")``), trains ``--epochs`` epochs (early stopping off for GNNImpute
+through ``max_epochs``) and records wall and CPU seconds of ``tl.impute``, the seconds per epoch, and the
+process's peak resident memory. Results go to ``benchmarks/results/<name>.json`` and ``.md``, with the
+fitted exponents of time and memory against cells when there are two sizes or more::
+
+    python benchmarks/scaling.py --cells 10000 20000 --epochs 2
+    python benchmarks/scaling.py --cells 10000 30000 100000 --methods scvgae --device cuda   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def run_job(job: dict) -> dict:
+    import scanpy as sc
+
+    import scvgae_sc as sv
+
+    sc.settings.verbosity = 0
+    adata = sv.datasets.simulate(job["n_cells"], job["n_genes"], n_groups=5, random_state=0)
+    for key in ("true_counts", "true_mean"):  # truth is not needed here: keep the data as a user would have it
+        adata.layers.pop(key, None)
+    sv.pp.normalize(adata, method="total", key_added="total")
+    data_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0, c0 = time.perf_counter(), _cpu()
+    sv.tl.impute(
+        adata, method=job["method"], layer="total", max_epochs=job["epochs"], device=job["device"], progress_bar=False
+    )
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    hist = adata.uns[job["method"]]["history"]
+    return {
+        **job,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "epochs_run": int(len(hist["loss"])),
+        "data_mb": data_mb,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _fit_exponent(xs: list[float], ys: list[float]) -> float | None:
+    import numpy as np
+
+    if len(xs) < 2:
+        return None
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--cells", nargs="+", type=int, default=[10_000, 20_000])
+    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--methods", nargs="+", default=["scvgae", "gnnimpute"])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--name", default="scaling")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_job(json.loads(args.worker))))
+        return 0
+    records = []
+    for method in args.methods:
+        for n in args.cells:
+            job = {"method": method, "n_cells": n, "n_genes": args.genes, "epochs": args.epochs, "device": args.device}
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=False
+            )
+            if out.returncode != 0:
+                rec = {**job, "error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+            else:
+                rec = json.loads(out.stdout.strip().splitlines()[-1])
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+    md = [
+        f"# Scaling (`python benchmarks/scaling.py {' '.join(argv if argv is not None else sys.argv[1:])}`)\n",
+        "Simulated counts (`datasets.simulate`, 5 groups), `pp.normalize(method='total')`, "
+        f"{args.epochs} epoch(s) per run; time of `tl.impute` (graph construction included), "
+        "peak resident memory of the process (data included; `data MB` is the peak before imputing).\n",
+        "| method | cells | genes | wall s | CPU s | epochs | data MB | peak MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in records:
+        if "error" in r:
+            md.append(f"| {r['method']} | {r['n_cells']} | {r['n_genes']} | error: {r['error']} | | | | |")
+        else:
+            md.append(
+                f"| {r['method']} | {r['n_cells']} | {r['n_genes']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
+                f"{r['epochs_run']} | {r['data_mb']:.0f} | {r['peak_mb']:.0f} |"
+            )
+    for method in args.methods:
+        ok = [r for r in records if r["method"] == method and "error" not in r]
+        e_t = _fit_exponent([r["n_cells"] for r in ok], [r["cpu_seconds"] for r in ok])
+        e_m = _fit_exponent([r["n_cells"] for r in ok], [r["peak_mb"] - r["data_mb"] for r in ok])
+        if e_t is not None:
+            md.append(
+                f"\n{method}: fitted exponent of CPU time vs cells {e_t:.2f}, of memory added by training {e_m:.2f}."
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"records": records}, indent=1))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

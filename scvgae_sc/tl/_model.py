@@ -1,0 +1,402 @@
+"""Trained imputation models that can be saved, loaded and re-applied to the cells they were trained on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._constants import connectivities_key, latent_key
+from .._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns
+
+#: Version of the on-disk format (``major.minor``). A reader refuses a newer major or minor version; a minor
+#: bump adds fields an older reader could ignore, a major one changes their meaning.
+FORMAT_VERSION = "1.0"
+_FILES = {"config": "model.json", "weights": "weights.pt", "graph": "graph.npz", "history": "history.npz"}
+_MODULES = {"scvgae": "SCVGAE", "gnnimpute": "GNNImputeModule"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, minor = str(version).split(".")[:2]
+    return int(major), int(minor)
+
+
+def _build_module(method: str, module_kwargs: dict[str, Any]):
+    from ..nn import SCVGAE, GNNImputeModule
+
+    kwargs = dict(module_kwargs)
+    n_genes = kwargs.pop("n_genes")
+    if method == "scvgae":
+        n_cells = kwargs.pop("n_cells")
+        return SCVGAE(n_genes, n_cells, **kwargs)
+    return GNNImputeModule(n_genes, **kwargs)
+
+
+class ImputationModel:
+    """A trained imputation model: save it, load it, and re-apply it to the cells it was trained on.
+
+    Get one from :func:`scvgae_sc.tl.impute` with ``return_model=True``, or from disk with
+    :meth:`ImputationModel.load`. Both methods are *transductive*: the model holds the cell graph and (scVGAE)
+    a per-cell scale, so it applies to the same cells and genes, in the same order (checked by name), read from
+    the layer it was trained on — e.g. the AnnData read back from a file, with the imputed layer dropped to save
+    space. For a model trained on CPU, :meth:`predict` on CPU gives exactly the matrix :func:`~scvgae_sc.tl.impute`
+    wrote (GPU kernels are not bit-reproducible: expect float32 rounding differences across devices).
+
+    On disk a model is a folder: ``model.json`` (method, module constructor arguments, prediction settings,
+    input layer, training parameters, cell and gene names, format and package versions), ``weights.pt``
+    (:func:`torch.save` of the module's ``state_dict``), ``graph.npz`` (the cell graph) and ``history.npz``
+    (the training curves).
+
+    Parameters
+    ----------
+    method
+        ``"scvgae"`` or ``"gnnimpute"``.
+    module
+        The trained torch module (:class:`~scvgae_sc.nn.SCVGAE` or :class:`~scvgae_sc.nn.GNNImputeModule`).
+    config
+        Everything else needed to rebuild and apply it: ``module_kwargs``, ``predict_kwargs``, ``layer``,
+        ``params``, ``graph_info``, ``obs_names``, ``var_names`` and ``version`` (the package version that
+        trained it).
+    graph
+        The cell graph the model was trained on (CSR).
+    history
+        Per-epoch training curves.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        module: Any,
+        config: dict[str, Any],
+        *,
+        graph: sparse.csr_matrix,
+        history: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        if method not in _MODULES:
+            raise ValueError(f"method must be one of {tuple(_MODULES)}, got {method!r}.")
+        self.method = method
+        self.module = module.cpu()
+        self.module.eval()
+        self.config = dict(config)
+        self.graph = sparse.csr_matrix(graph, dtype=np.float32)
+        self.history = {k: np.asarray(v) for k, v in (history or {}).items()}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_obs(self) -> int:
+        """Number of cells the model was trained on."""
+        return len(self.config["obs_names"])
+
+    @property
+    def n_vars(self) -> int:
+        """Number of genes the model was trained on."""
+        return len(self.config["var_names"])
+
+    @property
+    def layer(self) -> str | None:
+        """The input layer the model was trained on (``None``: ``X``)."""
+        return self.config["layer"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The training parameters (as in ``adata.uns[key]['params']``)."""
+        return dict(self.config["params"])
+
+    def __repr__(self) -> str:
+        return (
+            f"ImputationModel(method={self.method!r}, n_obs={self.n_obs}, n_vars={self.n_vars}, "
+            f"layer={self.layer!r}, trained with scvgae-sc {self.config.get('version', '?')})"
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def _from_result(
+        cls, adata: AnnData, result: Any, *, method: str, layer: str | None, params: dict
+    ) -> ImputationModel:
+        state = result.model_state
+        if state is None:  # pragma: no cover - both runners fill it
+            raise ValueError(f"The {method!r} runner returned no model state.")
+        config = {
+            "module_kwargs": dict(state["module_kwargs"]),
+            "predict_kwargs": dict(state["predict_kwargs"]),
+            "layer": layer,
+            "params": dict(params),
+            "graph_info": params_for_uns(result.graph_info),
+            "obs_names": [str(x) for x in adata.obs_names],
+            "var_names": [str(x) for x in adata.var_names],
+            "trained_on": result.device,
+        }
+        from .. import __version__
+
+        config["version"] = __version__
+        return cls(method, state["module"], config, graph=result.graph, history=result.history)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: PathLike[str] | str, *, overwrite: bool = False) -> None:
+        """Write the model to the folder ``path`` (created; written to a temporary folder first, then renamed).
+
+        Parameters
+        ----------
+        path
+            Folder to write (``model.json``, ``weights.pt``, ``graph.npz``, ``history.npz``).
+        overwrite
+            Replace an existing ``path``; otherwise an existing, non-empty folder is refused.
+        """
+        import torch
+
+        from .. import __version__
+
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{str(path)!r} exists and is not a folder.")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise ValueError(f"{str(path)!r} exists and is not empty; pass overwrite=True to replace it.")
+        if not path.parent.is_dir():
+            raise ValueError(f"The folder {str(path.parent)!r} does not exist.")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            config = {
+                "format_version": FORMAT_VERSION,
+                "package_version": __version__,
+                "method": self.method,
+                "module_class": _MODULES[self.method],
+                "n_obs": self.n_obs,
+                "n_vars": self.n_vars,
+                **self.config,
+            }
+            (tmp / _FILES["config"]).write_text(json.dumps(config, default=_json_default, indent=1))
+            torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, tmp / _FILES["weights"])
+            sparse.save_npz(tmp / _FILES["graph"], self.graph, compressed=False)
+            np.savez(tmp / _FILES["history"], **self.history)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logg.info(f"saved {self!r} to {str(path)!r}")
+
+    @classmethod
+    def load(cls, path: PathLike[str] | str) -> ImputationModel:
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The model's folder.
+
+        Returns
+        -------
+        The model (on CPU; :meth:`predict` moves it to the device asked for).
+
+        Raises
+        ------
+        ValueError
+            When ``path`` is not a saved model or was written in a newer format than this version reads.
+        """
+        import torch
+
+        from .. import __version__
+
+        path = Path(path)
+        config_file = path / _FILES["config"]
+        if not config_file.is_file():
+            raise ValueError(f"{str(path)!r} is not a saved scvgae-sc model (no {_FILES['config']} in it).")
+        try:
+            config = json.loads(config_file.read_text())
+            fmt = _version_tuple(config["format_version"])
+        except (json.JSONDecodeError, KeyError, ValueError) as err:
+            raise ValueError(f"{str(config_file)!r} is not a valid scvgae-sc model description: {err}") from err
+        if fmt > _version_tuple(FORMAT_VERSION):
+            raise ValueError(
+                f"The model in {str(path)!r} was saved in format {config['format_version']} by scvgae-sc "
+                f"{config.get('package_version', '?')}; this scvgae-sc ({__version__}) reads format {FORMAT_VERSION} "
+                "and older. Upgrade scvgae-sc to load it."
+            )
+        saved_by = config.get("package_version")
+        if saved_by != __version__:
+            warnings.warn(
+                f"The model in {str(path)!r} was saved by scvgae-sc {saved_by}, this is {__version__}; predictions "
+                "may differ if the model code changed in between.",
+                UserWarning,
+                stacklevel=2,
+            )
+        method = config.pop("method", None)
+        if method not in _MODULES:
+            raise ValueError(f"{str(config_file)!r} names an unknown method {method!r}.")
+        for key in ("format_version", "package_version", "module_class", "n_obs", "n_vars"):
+            config.pop(key, None)
+        module = _build_module(method, config["module_kwargs"])
+        state = torch.load(path / _FILES["weights"], map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        graph = sparse.load_npz(path / _FILES["graph"])
+        history_file = path / _FILES["history"]
+        history = dict(np.load(history_file)) if history_file.is_file() else {}
+        return cls(method, module, config, graph=graph, history=history)
+
+    # ------------------------------------------------------------------ apply
+    def _check_cells(self, adata: AnnData) -> None:
+        if adata.n_obs != self.n_obs or adata.n_vars != self.n_vars:
+            raise ValueError(
+                f"The model was trained on {self.n_obs} cells × {self.n_vars} genes but adata has "
+                f"{adata.n_obs} × {adata.n_vars}. A trained model applies to the cells and genes it was trained on "
+                "(the graph and per-cell terms are part of it); train a new one with `scvgae_sc.tl.impute`."
+            )
+        for axis, names in (("var_names", adata.var_names), ("obs_names", adata.obs_names)):
+            saved = self.config[axis]
+            differ = np.flatnonzero(
+                np.asarray([str(x) for x in names], dtype=object) != np.asarray(saved, dtype=object)
+            )
+            if differ.size:
+                i = int(differ[0])
+                raise ValueError(
+                    f"adata.{axis} differ from the model's at {differ.size} position(s) (first: {str(names[i])!r} "
+                    f"vs {saved[i]!r} at {i}). Apply the model to the cells and genes it was trained on, in the "
+                    "same order."
+                )
+
+    def _run(self, adata: AnnData, device: str, max_memory: float | None):
+        import torch
+
+        from ..nn import resolve_device
+        from ._common import dense_tensor, edge_tensors
+
+        check_adata(adata)
+        self._check_cells(adata)
+        layer = self.layer
+        X = get_layer(adata, layer)
+        lname = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+        check_nonnegative(X, lname)
+        dev = resolve_device(device)
+        check_memory(
+            8.0 * adata.n_obs * adata.n_vars * 4,
+            what=f"predicting {adata.n_obs} × {adata.n_vars} with a {self.method} model",
+            max_memory=max_memory,
+        )
+        module = self.module.to(dev)
+        try:
+            edge_index, edge_weight = edge_tensors(self.graph, dev)
+            pk = self.config["predict_kwargs"]
+            if self.method == "scvgae":
+                from ._scvgae import predict_scvgae, scvgae_input
+
+                x = dense_tensor(scvgae_input(X, pk["transform"]), dev)
+                if hasattr(module, "reset_cache"):
+                    module.reset_cache()
+                imputed, latent = predict_scvgae(module, x, edge_index, edge_weight, graph=self.graph, **pk)
+            else:
+                from ._gnnimpute import gnnimpute_input, predict_gnnimpute
+
+                Xlin, _, Xz, _ = gnnimpute_input(X)
+                x, target = torch.from_numpy(Xz).to(dev), torch.from_numpy(Xlin).to(dev)
+                _, imputed, latent = predict_gnnimpute(module, x, edge_index, target, graph=self.graph, **pk)
+        finally:
+            self.module = module.cpu()
+            if hasattr(self.module, "reset_cache"):
+                self.module.reset_cache()
+        return imputed, latent, str(dev)
+
+    def predict(
+        self,
+        adata: AnnData,
+        *,
+        device: str = "auto",
+        max_memory: float | None = None,
+    ) -> np.ndarray:
+        """The imputed matrix of ``adata``'s cells (dense float32, the shape and scale of the input layer).
+
+        Reads the layer the model was trained on (:attr:`layer`).
+
+        Parameters
+        ----------
+        adata
+            The cells and genes the model was trained on (checked by name and order).
+        device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ... On CPU the result equals the training run's exactly.
+        max_memory
+            Bytes the dense copies may take (``None``: the memory available).
+
+        Returns
+        -------
+        The imputed matrix; ``adata`` is not changed.
+        """
+        imputed, _, _ = self._run(adata, device, max_memory)
+        return imputed
+
+    def impute(
+        self,
+        adata: AnnData,
+        *,
+        key_added: str | None = None,
+        device: str = "auto",
+        max_memory: float | None = None,
+        copy: bool = False,
+    ) -> AnnData | None:
+        """Write this model's imputation into ``adata`` as :func:`scvgae_sc.tl.impute` does.
+
+        Parameters
+        ----------
+        adata
+            The cells and genes the model was trained on (checked by name and order).
+        key_added
+            Where results go; defaults to the method's name.
+        device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ... On CPU the result equals the training run's exactly.
+        max_memory
+            Bytes the dense copies may take (``None``: the memory available).
+        copy
+            Return a new AnnData instead of writing into ``adata``.
+
+        Returns
+        -------
+        Returns `None` if `copy=False`, else a new :class:`~anndata.AnnData`. Sets ``layers[key]``,
+        ``obsm[f'X_{key}']``, ``obsp[f'{key}_connectivities']`` and ``uns[key]`` (training ``params`` and
+        ``history``, ``graph``, the ``device`` and ``runtime_s`` of this prediction, ``version``, and
+        ``from_model``: the package version that trained the model).
+        """
+        check_adata(adata, inplace=not copy)
+        key = self.method if key_added is None else key_added
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"key_added must be a non-empty str or None, got {key_added!r}.")
+        t0 = time.perf_counter()
+        imputed, latent, dev = self._run(adata, device, max_memory)
+        runtime = time.perf_counter() - t0
+
+        from .. import __version__
+
+        if copy:
+            adata = adata.copy()
+        adata.layers[key] = imputed
+        adata.obsm[latent_key(key)] = latent
+        adata.obsp[connectivities_key(key)] = self.graph.copy()
+        adata.uns[key] = {
+            "params": params_for_uns(self.params),
+            "history": dict(self.history),
+            "graph": params_for_uns(self.config.get("graph_info", {})),
+            "device": dev,
+            "runtime_s": float(runtime),
+            "version": __version__,
+            "from_model": str(self.config.get("version", "")),
+        }
+        return adata if copy else None
