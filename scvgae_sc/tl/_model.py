@@ -115,7 +115,7 @@ class ImputationModel:
 
     @property
     def layer(self) -> str | None:
-        """The input layer the model was trained on (``None``: ``X``)."""
+        """The input layer the model was trained on (``None`` for ``X``)."""
         return self.config["layer"]
 
     @property

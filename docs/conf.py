@@ -1,0 +1,284 @@
+"""Sphinx configuration of the scvgae-sc documentation.
+
+Build from the repository root (README, section "Documentation")::
+
+    sphinx-build -W --keep-going -b html docs docs/_build/html
+
+What happens at build start, before Sphinx reads a page (all of it below, in this file):
+
+* the package is imported from *this* source tree (its parent folder goes first on ``sys.path`` and on the
+  ``PYTHONPATH`` that the notebook kernels inherit), so the docs describe the code they are built with;
+* ``tutorials/*.md`` (the tutorial sources, jupytext MyST notebooks) are copied into ``docs/tutorials/``, which
+  myst-nb executes (see "Tutorials" below);
+* ``docs/_generated/benchmark_results.md`` is written with an include of each ``benchmarks/results/*.md`` that
+  exists;
+* intersphinx inventories are fetched, once a day, into ``docs/_build/.intersphinx/`` -- or left out when the
+  network cannot be reached (see "Cross-references" below).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from sphinx.util import logging
+
+# sphinx-autodoc-typehints 3.6 calls an API Sphinx 9 deprecated; the Python warning is noise in the build log
+warnings.filterwarnings("ignore", message=r".*set_application.* is deprecated", module="sphinx_autodoc_typehints")
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILD = HERE / "_build"
+
+# -- The package: always this source tree -------------------------------------------------------------------
+# An installed copy elsewhere (e.g. an editable install of another checkout) must not be documented instead;
+# notebook kernels are separate processes and see the tree through PYTHONPATH.
+sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+# Kernels draw figures inline only if MPLBACKEND is unset (ipykernel sets its inline backend then). CI exports
+# MPLBACKEND=Agg for the tests, which would leave the tutorials without figures.
+os.environ.pop("MPLBACKEND", None)
+# With OMP_NUM_THREADS=1 (a machine shared with others), numba (UMAP, pynndescent) still starts one OpenMP thread
+# per core, and its OpenMP layer raises the process-wide OpenMP thread count that torch uses as well: a
+# tutorial's training after a UMAP ran ~5x slower on a busy 2-core machine. Make numba follow OMP_NUM_THREADS.
+if os.environ.get("OMP_NUM_THREADS"):
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import scvgae_sc  # noqa: E402
+
+# -- Project information ------------------------------------------------------------------------------------
+project = "scvgae-sc"
+author = "scvgae-sc developers"
+copyright = f"{datetime.now():%Y}, {author}"
+release = scvgae_sc.__version__
+version = release
+
+# -- General configuration ----------------------------------------------------------------------------------
+extensions = [
+    "myst_nb",  # Markdown pages and executed notebooks (includes myst_parser)
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",  # numpydoc docstrings; must come before sphinx_autodoc_typehints
+    "sphinx_autodoc_typehints",  # types from the signatures (docstrings carry none)
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "_generated", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+master_doc = "index"
+# `None`, `copy=False`: single backticks in docstrings are code, as in Scanpy.
+default_role = "literal"
+pygments_style = "default"
+
+# Unresolved Python cross-references (e.g. to a project whose inventory could not be fetched) render as plain
+# code and are not warnings: nitpicky stays off, so an offline build passes with -W. Internal references (:doc:,
+# {ref}, toctree entries, includes) still warn and fail the build.
+nitpicky = False
+suppress_warnings = [
+    # benchmarks/results/*.md are written by benchmarks/bench.py and jump from "#" to "###"; they are included
+    # verbatim on the Benchmarks page.
+    "myst.header",
+]
+
+# -- Autodoc / autosummary / napoleon -----------------------------------------------------------------------
+autosummary_generate = True
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": False}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_include_init_with_doc = False
+napoleon_use_param = True
+napoleon_use_rtype = True
+# Scanpy-style "Returns" sections are prose ("Returns `None` if `copy=False`, else ...") followed by a definition
+# list of the fields set; napoleon's default parser would read the first line as a type. A plain section keeps
+# the prose; the return type comes from the signature (sphinx_autodoc_typehints).
+napoleon_custom_sections = ["Returns"]
+typehints_defaults = "braces"
+typehints_use_signature = False
+typehints_use_signature_return = False
+always_use_bars_union = True
+
+# The example figure of each plotting function is shown on its API page (docs/_templates/autosummary/base.rst).
+PL_FIGURES = sorted(p.stem.removeprefix("pl_") for p in (HERE / "_static").glob("pl_*.png"))
+autosummary_context = {"pl_figures": PL_FIGURES}
+
+# -- MyST / myst-nb -----------------------------------------------------------------------------------------
+myst_enable_extensions = ["amsmath", "colon_fence", "deflist", "dollarmath", "html_image"]
+myst_heading_anchors = 3
+myst_url_schemes = ("http", "https", "mailto")
+# Tutorials: executed during the build. "cache": a notebook runs again only when its code changes (jupyter-cache
+# keyed on the code cells), so a rebuild after a text edit is quick. A failing cell fails the build.
+nb_execution_mode = os.environ.get("SCVGAE_SC_DOCS_EXECUTE", "cache")
+nb_execution_cache_path = str(BUILD / ".jupyter_cache")
+nb_execution_timeout = 900  # seconds per cell; each tutorial takes < 3 min of CPU on one core
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_execution_excludepatterns = ["_generated/*"]
+nb_merge_streams = True
+# Logging and progress bars (stderr) are noise in a rendered tutorial; printed results (stdout) stay.
+nb_output_stderr = "remove"
+
+# -- HTML ---------------------------------------------------------------------------------------------------
+html_theme = "sphinx_book_theme"
+html_title = "scvgae-sc"
+html_static_path = ["_static"]
+html_theme_options = {
+    "repository_url": "https://github.com/scvgae-sc/scvgae-sc",
+    "use_repository_button": True,
+    "path_to_docs": "docs/",
+    "navigation_with_keys": False,
+}
+html_show_sphinx = False
+
+
+# -- Tutorials: tutorials/*.md -> docs/tutorials/ ------------------------------------------------------------
+# The sources live in the top-level tutorials/ folder (where users find and open them: jupytext MyST notebooks
+# that Jupyter opens as notebooks). Sphinx reads only below docs/, so they are copied here (git-ignored). A copy,
+# not a symlink or an {include}: includes are not executed, and symlinks break on Windows and in some archives.
+# Files are rewritten only when their content changed, so an unchanged tutorial is not re-read by Sphinx.
+def _sync_tutorials() -> None:
+    src, dst = ROOT / "tutorials", HERE / "tutorials"
+    dst.mkdir(exist_ok=True)
+    sources = {p.name: p for p in src.glob("*.md")}
+    for stale in dst.glob("*.md"):
+        if stale.name not in sources:
+            stale.unlink()
+    for name, path in sources.items():
+        target = dst / name
+        if not target.exists() or target.read_bytes() != path.read_bytes():
+            shutil.copyfile(path, target)
+
+
+_sync_tutorials()
+
+
+# -- Benchmarks: include whatever benchmarks/results/*.md exist ---------------------------------------------
+# summary.md (when a benchmark run has written it) first, then the per-run tables in name order.
+def _write_benchmark_includes() -> None:
+    results = sorted((ROOT / "benchmarks" / "results").glob("*.md"), key=lambda p: (p.stem != "summary", p.name))
+    out = HERE / "_generated" / "benchmark_results.md"
+    out.parent.mkdir(exist_ok=True)
+    if results:
+        # included from docs/benchmarks.md: MyST resolves nested include paths against the including page's folder
+        blocks = [
+            f"```{{include}} ../benchmarks/results/{p.name}\n:heading-offset: 1\n```\n\n"
+            f"_Source: `benchmarks/results/{p.name}`_\n"
+            for p in results
+        ]
+        text = "\n".join(blocks)
+    else:
+        text = "No results yet: `benchmarks/results/` holds no `.md` file.\n"
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+
+
+_write_benchmark_includes()
+
+# -- Cross-references (intersphinx) -------------------------------------------------------------------------
+# Links to the documentation of the projects we build on must work for readers online, but the build must never
+# depend on the network (there is none in CI). So Sphinx's intersphinx never fetches anything itself: every
+# project points at a local inventory file --
+#   1. docs/_inv/<name>.inv if someone vendored it (checked in; none is, as of writing), else
+#   2. docs/_build/.intersphinx/<name>.inv, fetched here with a short timeout and reused for a day,
+# and a project with neither is left out (its references then render as plain code; nitpicky is off, so no
+# warning). SCVGAE_SC_DOCS_OFFLINE=1 skips all fetching; =0 fetches without first probing the network; unset, a
+# 2-second connection probe decides. Fetch failures are logged, never warnings: they cannot fail a -W build.
+INTERSPHINX = {
+    "python": "https://docs.python.org/3",
+    "numpy": "https://numpy.org/doc/stable",
+    "scipy": "https://docs.scipy.org/doc/scipy",
+    "pandas": "https://pandas.pydata.org/docs",
+    "matplotlib": "https://matplotlib.org/stable",
+    "anndata": "https://anndata.readthedocs.io/en/stable",
+    "scanpy": "https://scanpy.readthedocs.io/en/stable",
+    "torch": "https://docs.pytorch.org/docs/stable",
+    "torch_geometric": "https://pytorch-geometric.readthedocs.io/en/latest",
+}
+_INV_MAX_AGE_S = 24 * 3600
+_NET_TIMEOUT_S = 2.0
+
+
+def _online() -> bool:
+    flag = os.environ.get("SCVGAE_SC_DOCS_OFFLINE", "").strip().lower()
+    if flag in ("1", "true", "yes"):
+        return False
+    if flag in ("0", "false", "no"):
+        return True
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(("docs.python.org", 443), timeout=_NET_TIMEOUT_S):
+                ok.append(True)
+        except OSError:
+            pass
+
+    # in a thread: name resolution ignores socket timeouts and can hang on a box without a network
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(_NET_TIMEOUT_S + 0.5)
+    return bool(ok)
+
+
+def _fetch_inventories(names: list[str], cache: Path) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def fetch(name: str) -> None:
+        target = cache / f"{name}.inv"
+        try:
+            with urllib.request.urlopen(f"{INTERSPHINX[name]}/objects.inv", timeout=5) as r:  # noqa: S310
+                data = r.read()
+            if not data.startswith(b"# Sphinx inventory version"):
+                raise ValueError("not a Sphinx inventory")
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        except Exception as err:  # noqa: BLE001 -- any failure: keep the old copy or leave the project out
+            logger.info(f"intersphinx: could not fetch {name}'s inventory ({err})")
+
+    threads = [threading.Thread(target=fetch, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+
+def _intersphinx_mapping() -> dict[str, tuple[str, str]]:
+    vendored, cache = HERE / "_inv", BUILD / ".intersphinx"
+    stale = [
+        n
+        for n in INTERSPHINX
+        if not (vendored / f"{n}.inv").is_file()
+        and not ((cache / f"{n}.inv").is_file() and time.time() - (cache / f"{n}.inv").stat().st_mtime < _INV_MAX_AGE_S)
+    ]
+    if stale:
+        if _online():
+            _fetch_inventories(stale, cache)
+        else:
+            logger.info("intersphinx: offline, no inventory fetched (cross-references to other projects stay plain)")
+    mapping = {}
+    for name, url in INTERSPHINX.items():
+        for inv in (vendored / f"{name}.inv", cache / f"{name}.inv"):
+            if inv.is_file():
+                mapping[name] = (url, str(inv))
+                break
+    missing = sorted(set(INTERSPHINX) - set(mapping))
+    if missing:
+        logger.info(f"intersphinx: no inventory for {', '.join(missing)}")
+    return mapping
+
+
+intersphinx_mapping = _intersphinx_mapping()
+intersphinx_timeout = 5  # never used for fetching (all inventories are local files); a guard all the same
