@@ -17,6 +17,7 @@ from ._common import (
     edge_tensors,
     gate_fill,
     history_arrays,
+    least_squares_scale,
     progress_enabled,
     resolve_graph,
     size_factors,
@@ -418,10 +419,9 @@ def run_gnnimpute(
         visible = target > 0
         visible.view(-1)[flat] = False
         fill = trainer.predict(lambda m: m(corrupt(hidden), edge_index))["recon"].float().clamp_min(0)
-        p_h = gate_fill(fill, visible, propagate, gate).reshape(-1)[flat].double()
-        denom = float(p_h.pow(2).sum())
-        if denom > 0:
-            scale = float((p_h * target.reshape(-1)[flat].double()).sum()) / denom
+        scale = least_squares_scale(
+            gate_fill(fill, visible, propagate, gate).reshape(-1)[flat], target.reshape(-1)[flat]
+        )
         del fill, visible, propagate
     predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale)}
     pred, imputed, latent = predict_gnnimpute(model, x, edge_index, target, graph=A, **predict_kwargs)
