@@ -165,7 +165,8 @@ _sync_tutorials()
 
 
 # -- Benchmarks: include whatever benchmarks/results/*.md exist ---------------------------------------------
-# summary.md (when a benchmark run has written it) first, then the per-run tables in name order.
+# summary.md (when a benchmark run has written it) first, then the per-run tables in name order; their headings are
+# shifted two levels down, below the page's "Results" section.
 def _write_benchmark_includes() -> None:
     results = sorted((ROOT / "benchmarks" / "results").glob("*.md"), key=lambda p: (p.stem != "summary", p.name))
     out = HERE / "_generated" / "benchmark_results.md"
@@ -173,7 +174,7 @@ def _write_benchmark_includes() -> None:
     if results:
         # included from docs/benchmarks.md: MyST resolves nested include paths against the including page's folder
         blocks = [
-            f"```{{include}} ../benchmarks/results/{p.name}\n:heading-offset: 1\n```\n\n"
+            f"```{{include}} ../benchmarks/results/{p.name}\n:heading-offset: 2\n```\n\n"
             f"_Source: `benchmarks/results/{p.name}`_\n"
             for p in results
         ]
