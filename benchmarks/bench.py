@@ -6,6 +6,11 @@ One command runs everything and writes ``benchmarks/results/<name>.json`` and ``
     python benchmarks/bench.py --methods none scvgae gnnimpute --datasets pbmc3k pbmc68k
     python benchmarks/bench.py --ablation              # scVGAE ablation table on pbmc3k
     python benchmarks/bench.py --quick                 # one dataset, one seed, few epochs
+    python benchmarks/bench.py --methods none alra magic scvi --datasets pbmc68k pbmc3k --name peers
+
+Peers (``alra``, ``magic``, ``scvi``; ``benchmarks/peers.py``) run in a child interpreter of their own environment
+(MAGIC needs numpy < 2; see ``benchmarks/README.md``) on exactly the job's input layer and counts layer, and
+return the imputation on that layer's scale; scoring happens here, with the same code for every method.
 
 Every (dataset, seed, method, task) job runs in a fresh Python process, so its wall time and peak
 memory (``ru_maxrss`` measured right after imputation: data, graph, model and result) are its own.
@@ -31,12 +36,18 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHARED = Path(os.environ.get("SCVGAE_SC_DATA", HERE.parent.parent / "shared" / "data"))
 DATASETS = ("pbmc3k", "baron_mouse", "bladder")
+#: Jobs run at a time (``--parallel``), recorded with the machine.
+_PARALLEL = 1
+#: Methods run by ``benchmarks/peers.py`` in their own interpreter.
+PEERS = ("alra", "magic", "scvi")
+sys.path.insert(0, str(HERE))
 
 #: scVGAE ablations (paper's Table 3 and our fixes): name -> options passed to tl.impute.
 ABLATIONS = {
@@ -62,7 +73,7 @@ GNN_ABLATIONS = {
     "bf16": {"precision": "bf16"},
     "patience 100": {"patience": 100},
     "bf16, patience 100": {"precision": "bf16", "patience": 100},
-    "every zero filled (fill_gate=0)": {"fill_gate": 0.0},
+    "fill gated (fill_gate=0.4, scVGAE's default)": {"fill_gate": 0.4},
     "no self-supervised masking (published)": {"mask_rate": 0.0},
 }
 
@@ -94,12 +105,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _median_library(counts) -> float:
+    """Median positive library size (the target of ``pp.normalize(method="total")``)."""
+    import numpy as np
+
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    return float(np.median(totals[totals > 0]))
+
+
 def run_job(job: dict) -> dict:
     """Run one job in this process and return its record."""
     import scanpy as sc
+    import torch
 
     import scvgae_sc as sv
 
+    torch.set_num_threads(1)
     sc.settings.verbosity = 0
     adata = load(job["dataset"])
     sv.pp.filter(adata)
@@ -118,7 +139,25 @@ def run_job(job: dict) -> dict:
         layer = "masked"
         impute_kw = {"layer": "masked", "counts_layer": "masked_counts"}
     base_mb = peak_mb()
-    if method != "none":
+    if method in PEERS:
+        import peers
+
+        norm = adata.uns["scvgae_sc"]["normalize"]
+        Y, info = peers.impute(
+            method,
+            adata.layers[impute_kw["layer"]],
+            adata.layers[impute_kw.get("counts_layer", "counts")],
+            task=task,
+            seed=seed,
+            max_epochs=job.get("max_epochs"),
+            library_size=norm["total"]["target_sum"] if task == "masked" else _median_library(adata.layers["counts"]),
+            target_sqrt=norm["normalized"]["target_sum"] if task == "clustering" else None,
+        )
+        adata.layers[method] = Y
+        record.update(info)
+        record["data_mb"] = base_mb
+        layer = method
+    elif method != "none":
         t0, c0 = time.perf_counter(), cpu_seconds()
         sv.tl.impute(adata, method=method, random_state=seed, progress_bar=False, **impute_kw, **options)
         record["seconds"] = time.perf_counter() - t0
@@ -153,7 +192,7 @@ def spawn(job: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict:
+def machine(records: list[dict] | None = None) -> dict:
     import anndata
     import scanpy
     import torch
@@ -161,6 +200,15 @@ def machine() -> dict:
 
     import scvgae_sc
 
+    peer_envs = {}
+    if any(r.get("method") in PEERS for r in records or []):
+        import peers
+
+        for method in sorted({r["method"] for r in records if r.get("method") in PEERS}):
+            python = os.environ.get(f"SCVGAE_SC_{method.upper()}_PYTHON", None) or (
+                sys.executable if method == "alra" else str(peers.DEFAULT_PEERS_PYTHON)
+            )
+            peer_envs[method] = {"interpreter": python, **peers.versions(python)}
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -173,6 +221,10 @@ def machine() -> dict:
         "anndata": anndata.__version__,
         "scvgae_sc": scvgae_sc.__version__,
         "cuda": torch.cuda.is_available(),
+        "numpy": __import__("numpy").__version__,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "jobs_in_parallel": _PARALLEL,
+        "peer_envs": peer_envs,
     }
 
 
@@ -242,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation-method", default="scvgae", choices=["scvgae", "gnnimpute"], help="method of --ablation")
     p.add_argument("--only", nargs="+", default=None, help="ablation rows to run (names as in ABLATIONS)")
     p.add_argument("--quick", action="store_true", help="pbmc3k, one seed, 20 epochs")
+    p.add_argument("--parallel", type=int, default=1, help="jobs at a time (default 1: parallel jobs distort timings)")
     p.add_argument("--name", default=None, help="results file stem (default: scvgae / ablation / quick)")
     args = p.parse_args(argv)
     if args.worker:
@@ -282,26 +335,42 @@ def main(argv: list[str] | None = None) -> int:
         name, group = args.name or ("quick" if args.quick else "scvgae"), "method"
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    records, t_start = [], time.perf_counter()
-    for i, job in enumerate(jobs, 1):
+    cmd = ("python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    global _PARALLEL
+    _PARALLEL = args.parallel
+    m = None
+    done: dict[int, dict] = {}
+    t_start = time.perf_counter()
+
+    def one(i: int, job: dict) -> None:
         t0 = time.perf_counter()
-        rec = spawn(job)
-        records.append(rec)
-        label = job.get("variant", job["method"])
+        done[i] = spawn(job)
+        rec = done[i]
         print(
-            f"[{i}/{len(jobs)}] {job['dataset']} {label} seed {job['seed']} {job['task']}: "
-            f"{'ERROR ' + rec['error'] if 'error' in rec else 'ok'} ({time.perf_counter() - t0:.0f} s)",
+            f"[{len(done)}/{len(jobs)}] {job['dataset']} {job.get('variant', job['method'])} seed {job['seed']} "
+            f"{job['task']}: {'ERROR ' + rec['error'] if 'error' in rec else 'ok'} ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
-        (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1))
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = [pool.submit(one, i, job) for i, job in enumerate(jobs)]
+        for future in as_completed(futures):
+            future.result()
+            records = [done[i] for i in sorted(done)]
+            m = m or machine(jobs)
+            partial = {"machine": m, "command": cmd + " [partial: still running or stopped]", "records": records}
+            (RESULTS / f"{name}.json").write_text(json.dumps(partial, indent=1))
+    records = [done[i] for i in sorted(done)]
     total = time.perf_counter() - t_start
-    cmd = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = [f"# Benchmark `{name}`\n", f"Command: `{cmd.strip()}` — total {total / 60:.1f} min.\n"]
-    m = machine()
+    m = m or machine(jobs)
     md.append(
         f"Machine: {m['platform']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"PyG {m['torch_geometric']}, scanpy {m['scanpy']}, scvgae-sc {m['scvgae_sc']}, CUDA: {m['cuda']}.\n"
+        f"PyG {m['torch_geometric']}, scanpy {m['scanpy']}, scvgae-sc {m['scvgae_sc']}, CUDA: {m['cuda']}; "
+        f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}, {args.parallel} job(s) at a time.\n"
     )
+    for method, env in m["peer_envs"].items():
+        md.append(f"{method}: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".\n")
     md.append(summarize(records, group=group))
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     (RESULTS / f"{name}.json").write_text(

@@ -146,3 +146,10 @@ def gate_fill(values, visible, propagate: Callable | None, gate: float):
     if propagate is None or gate <= 0:
         return values
     return values * (propagate(visible) / gate).clamp(max=1.0)
+
+
+def least_squares_scale(pred, truth) -> float:
+    """The factor ``s`` minimizing ``||s · pred - truth||²`` (1 when ``pred`` is all zero); tensors, in float64."""
+    pred, truth = pred.double(), truth.double()
+    denom = float(pred.pow(2).sum())
+    return float((pred * truth).sum()) / denom if denom > 0 else 1.0

@@ -17,6 +17,7 @@ from ._common import (
     edge_tensors,
     gate_fill,
     history_arrays,
+    least_squares_scale,
     progress_enabled,
     resolve_graph,
     size_factors,
@@ -39,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "mask_rate": 0.1,
     "mask_weight": 1.0,
     "output": "fill",
-    "fill_gate": 0.4,
+    "fill_gate": 0.0,
     "fill_scale": "auto",
     "precision": "32",
     "progress_bar": None,
@@ -99,10 +100,12 @@ def gnnimpute_options() -> dict[str, Any]:
     ``output`` (``"fill"``)
         ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
         ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output).
-    ``fill_gate`` (0.4), ``fill_scale`` (``"auto"``)
-        As for scVGAE (:func:`scvgae_options`): a zero is filled with the full prediction where the gene is
-        detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the prediction times
-        (detection rate / ``fill_gate``) elsewhere (``0``: every zero gets the full prediction).
+    ``fill_gate`` (0), ``fill_scale`` (``"auto"``)
+        As for scVGAE (:func:`scvgae_options`): with ``fill_gate > 0`` a zero is filled with the full prediction
+        where the gene is detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the
+        prediction times (detection rate / ``fill_gate``) elsewhere. The default ``0`` fills every zero with
+        the full prediction: on GNNImpute's 5-cell neighbourhoods the detection rate is coarse, and a gate of
+        0.4 cut masked recovery on pbmc3k from Pearson 0.88 / MSE 9.5 to 0.72 / 27.3 (seed 0).
         ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
         observed values (needs ``mask_rate > 0``); ``"auto"`` and ``"none"`` do not (GNNImpute is trained on
         the layer's own scale).
@@ -416,10 +419,9 @@ def run_gnnimpute(
         visible = target > 0
         visible.view(-1)[flat] = False
         fill = trainer.predict(lambda m: m(corrupt(hidden), edge_index))["recon"].float().clamp_min(0)
-        p_h = gate_fill(fill, visible, propagate, gate).reshape(-1)[flat].double()
-        denom = float(p_h.pow(2).sum())
-        if denom > 0:
-            scale = float((p_h * target.reshape(-1)[flat].double()).sum()) / denom
+        scale = least_squares_scale(
+            gate_fill(fill, visible, propagate, gate).reshape(-1)[flat], target.reshape(-1)[flat]
+        )
         del fill, visible, propagate
     predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale)}
     pred, imputed, latent = predict_gnnimpute(model, x, edge_index, target, graph=A, **predict_kwargs)

@@ -15,6 +15,7 @@ from ._common import (
     detection_rate,
     edge_tensors,
     history_arrays,
+    least_squares_scale,
     progress_enabled,
     resolve_graph,
     size_factors,
@@ -225,15 +226,12 @@ def _fit_fill_scale(module, x, observed, edge_index, edge_weight, *, mask_rate, 
     hidden = observed & (torch.rand(x.shape, generator=gen, device=x.device) < mask_rate)
     x_in = x.masked_fill(hidden, 0.0)
     recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
-    pred = _fill(recon, None, x_in > 0, fill_scale=1.0, **fill_kwargs)[hidden].double()
+    pred = _fill(recon, None, x_in > 0, fill_scale=1.0, **fill_kwargs)[hidden]
     del recon, x_in
-    truth = x[hidden].double()
+    truth = x[hidden]
     if fill_kwargs["transform"] == "log1p":
         truth = torch.expm1(truth)
-    denom = float(pred.pow(2).sum())
-    if denom <= 0:
-        return 1.0
-    return float((pred * truth).sum()) / denom
+    return least_squares_scale(pred, truth)
 
 
 def scvgae_input(X, transform: str):

@@ -1,0 +1,356 @@
+"""Side-by-side summary of our methods and the peers a user would pick instead (MAGIC, scVI, ALRA).
+
+One command runs everything and writes ``benchmarks/results/summary.md``, ``.json`` and ``.png``::
+
+    python benchmarks/summary.py --run            # peers + scvgae + gnnimpute on 4 datasets, seeds 0 1 2 (hours)
+    python benchmarks/summary.py --quick          # pbmc68k, seed 0, epochs capped at 20 (minutes)
+    python benchmarks/summary.py                  # no runs: merge the result files that exist
+
+``--run`` calls ``bench.py`` once per group, each writing its own result file, so any group can be re-run
+alone (``--run --methods scvgae``) and merged with the others::
+
+    results/peers.json      none, alra, magic, scvi      (bench.py --methods none alra magic scvi --name peers)
+    results/scvgae.json     scvgae                       (bench.py --methods scvgae --name scvgae)
+    results/gnnimpute.json  gnnimpute                    (bench.py --methods gnnimpute --name gnnimpute)
+
+Merging: records are keyed by (dataset, seed, task, method); the first file listed wins a duplicate key
+(``--inputs`` sets the files and their order). ``--combine NAME FILE...`` merges result files of partial runs
+(e.g. scVI run with fewer seeds in a separate process) into ``results/NAME.json`` and ``.md``.
+
+A *win* of method A against peer B on a (dataset, metric) cell: A's mean over its seeds is better than B's
+mean over its seeds (higher ARI / AMI / NMI / Pearson / cosine, lower MSE / MAE); cells where either has no
+result are not counted. The first line of ``summary.md`` gives these counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DATASETS = ("pbmc68k", "pbmc3k", "bladder", "baron_mouse")
+PEER_METHODS = ("none", "alra", "magic", "scvi")
+OURS = ("scvgae", "gnnimpute")
+ORDER = (*PEER_METHODS, *OURS)
+#: (key, heading, higher is better)
+CLUSTERING = [
+    (f"{p}_{m}", f"{p.capitalize() if p == 'paper' else 'Leiden'} {m.upper()}", True)
+    for p in ("paper", "leiden")
+    for m in ("ari", "ami", "nmi")
+]
+MASKED = [("mse", "MSE", False), ("mae", "MAE", False), ("pearson", "Pearson", True), ("cosine", "cosine", True)]
+COST = [("seconds", "s", ".1f"), ("peak_mb", "peak MB", ".0f"), ("epochs", "epochs", ".0f")]
+RIVALS = ("magic", "scvi")
+
+
+def load_records(paths: list[Path]) -> tuple[list[dict], dict]:
+    """Records of the result files, first file winning duplicate (dataset, seed, task, method) keys."""
+    seen, records, machines = set(), [], {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        machines[path.name] = {"machine": data.get("machine"), "command": data.get("command")}
+        for r in data["records"]:
+            if "error" in r or "variant" in r:
+                continue
+            key = (r["dataset"], r["seed"], r["task"], r["method"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    return records, machines
+
+
+def table(records: list[dict]) -> dict:
+    """``{dataset: {task: {method: {metric: {"mean", "sd", "n"}}}}}`` plus the shape of each dataset."""
+    out: dict = {}
+    for r in records:
+        ds = out.setdefault(r["dataset"], {"shape": [r["n_obs"], r["n_vars"]]})
+        ds.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
+    for ds in out.values():
+        for task in ("clustering", "masked"):
+            for method, rs in ds.get(task, {}).items():
+                keys = [k for k, _, _ in (CLUSTERING if task == "clustering" else MASKED)] + [k for k, _, _ in COST]
+                cell = {"seeds": sorted(r["seed"] for r in rs)}
+                for k in keys:
+                    v = np.asarray([r[k] for r in rs if r.get(k) is not None], dtype=float)
+                    if v.size:
+                        sd = float(v.std(ddof=1)) if v.size > 1 else None
+                        cell[k] = {"mean": float(v.mean()), "sd": sd, "n": int(v.size)}
+                ds[task][method] = cell
+    return out
+
+
+def wins(tab: dict) -> dict:
+    """For each of our methods and each rival: cells won, cells compared, and which."""
+    out = {}
+    for ours in OURS:
+        for rival in RIVALS:
+            won, total, cells = 0, 0, []
+            for ds, d in tab.items():
+                for task, metrics in (("clustering", CLUSTERING), ("masked", MASKED)):
+                    a, b = d.get(task, {}).get(ours), d.get(task, {}).get(rival)
+                    if not a or not b:
+                        continue
+                    for key, _, higher in metrics:
+                        if key not in a or key not in b or np.isnan(a[key]["mean"]) or np.isnan(b[key]["mean"]):
+                            continue
+                        total += 1
+                        better = a[key]["mean"] > b[key]["mean"] if higher else a[key]["mean"] < b[key]["mean"]
+                        if better:
+                            won += 1
+                            cells.append(f"{ds}:{key}")
+            out[f"{ours}_vs_{rival}"] = {"won": won, "cells": total, "won_cells": cells}
+    return out
+
+
+def _fmt(cell: dict | None, fmt: str = ".3f", bold: bool = False) -> str:
+    if not cell or np.isnan(cell["mean"]):
+        return "–"
+    s = f"{cell['mean']:{fmt}}" + (f" ± {cell['sd']:{fmt}}" if cell["sd"] is not None else "")
+    return f"**{s}**" if bold else s
+
+
+def render(tab: dict, win: dict, machines: dict, title: str, records: list[dict], note: str | None = None) -> str:
+    """The summary as markdown; its first line is the win count."""
+    names = {"magic": "MAGIC", "scvi": "scVI"}
+    parts = []
+    for ours in OURS:
+        counts = [
+            f"{win[f'{ours}_vs_{r}']['won']}/{win[f'{ours}_vs_{r}']['cells']} vs {names[r]}"
+            for r in RIVALS
+            if win[f"{ours}_vs_{r}"]["cells"]
+        ]
+        parts.append(f"{ours} wins {', '.join(counts)}" if counts else f"{ours}: no results to compare")
+    lines = [
+        f"**Wins** (dataset × metric cells): {'; '.join(parts)}. A win = better mean over seeds on that cell "
+        "(higher ARI/AMI/NMI/Pearson/cosine, lower MSE/MAE); cells where either method has no result are not counted.",
+        "",
+        f"# {title}",
+        "",
+        *([note, ""] if note else []),
+        "Timings: every job runs in a fresh process with `OMP_NUM_THREADS=1` and `torch.set_num_threads(1)`, "
+        "on a shared 2-core machine (other people's work ran at the same time, and the run files below say how many "
+        "benchmark jobs ran at once), so seconds are 1-thread and contended: compare orders of magnitude, not "
+        "percent. Seconds = the imputation call only (imports and data loading excluded); peak MB = peak RSS of the "
+        "process that imputed (ours: the benchmark process holding the data; peers: the child process holding the "
+        "job's layer and counts). Bold: best mean in the column.",
+        "",
+        "Inputs:",
+        "",
+    ]
+    for name, info in machines.items():
+        m = info["machine"] or {}
+        envs = "; ".join(
+            f"{meth}: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "interpreter")
+            for meth, env in (m.get("peer_envs") or {}).items()
+        )
+        lines.append(
+            f"- `{name}`: `{info['command']}` — {m.get('platform')}, {m.get('cores')} cores, python {m.get('python')}, "
+            f"torch {m.get('torch')} ({m.get('torch_threads')} thread), numpy {m.get('numpy', '?')}, "
+            f"scanpy {m.get('scanpy')}, scvgae-sc {m.get('scvgae_sc')}, "
+            f"OMP_NUM_THREADS={m.get('OMP_NUM_THREADS', '?')}, "
+            f"{m.get('jobs_in_parallel', 1)} job(s) at a time" + (f"; {envs}" if envs else "") + "."
+        )
+    capped = sorted({(r["dataset"], r["method"], r["max_epochs"]) for r in records if r.get("max_epochs")})
+    if capped:
+        lines += [
+            "",
+            "Epochs capped below the method's default (`--max-epochs`): "
+            + ", ".join(f"{m} on {ds} at {e}" for ds, m, e in capped)
+            + ".",
+        ]
+    for ds in sorted(tab, key=lambda d: DATASETS.index(d) if d in DATASETS else 99):
+        d = tab[ds]
+        lines += ["", f"## {ds} ({d['shape'][0]} × {d['shape'][1]} after `pp.filter`)"]
+        for task, metrics, head in (
+            ("clustering", CLUSTERING, "Clustering (paper protocol on the sqrt layer; Leiden protocol)"),
+            ("masked", MASKED, "Masked recovery (10 % of non-zeros hidden; linear normalized scale)"),
+        ):
+            rows = d.get(task, {})
+            if not rows:
+                continue
+            methods = sorted(rows, key=lambda m: ORDER.index(m) if m in ORDER else 99)
+            lines += ["", f"{head}, mean ± sd over seeds:", ""]
+            lines.append(
+                "| method | "
+                + " | ".join(h for _, h, _ in metrics)
+                + " | "
+                + " | ".join(h for _, h, _ in COST)
+                + " | seeds |"
+            )
+            lines.append("|" + " --- |" * (len(metrics) + len(COST) + 2))
+            best = {}
+            for key, _, higher in metrics:
+                vals = [
+                    (rows[m][key]["mean"], m) for m in methods if key in rows[m] and not np.isnan(rows[m][key]["mean"])
+                ]
+                if vals:
+                    best[key] = (max if higher else min)(vals)[1]
+            for m in methods:
+                cells = [_fmt(rows[m].get(k), bold=best.get(k) == m) for k, _, _ in metrics]
+                cells += [_fmt(rows[m].get(k), fmt) for k, _, fmt in COST]
+                seeds = ",".join(str(s) for s in rows[m]["seeds"])
+                lines.append(f"| {m} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(tab: dict, path: Path) -> None:
+    """Grouped bars: one row per dataset; clustering scores, masked-recovery scores, seconds (log)."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (
+            "clustering",
+            [
+                ("paper_ari", "paper ARI"),
+                ("paper_ami", "paper AMI"),
+                ("leiden_ari", "Leiden ARI"),
+                ("leiden_ami", "Leiden AMI"),
+            ],
+        ),
+        ("masked", [("pearson", "Pearson"), ("cosine", "cosine")]),
+        (None, [("clustering", "clustering"), ("masked", "masked")]),
+    ]
+    datasets = sorted(tab, key=lambda d: DATASETS.index(d) if d in DATASETS else 99)
+    methods = [m for m in ORDER if any(m in tab[d].get(t, {}) for d in datasets for t in ("clustering", "masked"))]
+    colors = dict(zip(ORDER, plt.get_cmap("tab10").colors, strict=False))
+    fig, axes = plt.subplots(
+        len(datasets), 3, figsize=(15, 2.8 * len(datasets)), squeeze=False, gridspec_kw={"width_ratios": [4, 2, 2]}
+    )
+    width = 0.8 / max(len(methods), 1)
+    secs = [
+        c["seconds"]["mean"]
+        for d in datasets
+        for t in ("clustering", "masked")
+        for c in tab[d].get(t, {}).values()
+        if "seconds" in c
+    ]
+    time_lim = (min(secs, default=1.0) / 2, max(secs, default=10.0) * 2)
+    for row, ds in enumerate(datasets):
+        for col, (task, metrics) in enumerate(panels):
+            ax = axes[row, col]
+            for j, m in enumerate(methods):
+                means, sds = [], []
+                for key, _ in metrics:
+                    cell = tab[ds].get(task or key, {}).get(m, {}).get("seconds" if task is None else key)
+                    means.append(np.nan if not cell else cell["mean"])
+                    sds.append(0.0 if not cell or cell["sd"] is None else cell["sd"])
+                x = np.arange(len(metrics)) + (j - (len(methods) - 1) / 2) * width
+                ax.bar(x, means, width, yerr=sds, color=colors[m], label=m, capsize=2)
+            ax.set_xticks(np.arange(len(metrics)), [h for _, h in metrics])
+            if task is None:
+                ax.set_yscale("log")
+                ax.set_ylim(*time_lim)
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.set_ylabel("seconds (1 thread)")
+            else:
+                ax.set_ylim(0, 1)
+            ax.set_title(f"{ds}: " + (task or "imputation time"), fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, ncol=len(methods), loc="upper center", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.8 * len(datasets))))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(methods: list[str], name: str, datasets: list[str], seeds: list[int], max_epochs: int | None) -> None:
+    cmd = [sys.executable, str(HERE / "bench.py"), "--methods", *methods, "--datasets", *datasets, "--seeds"]
+    cmd += [str(s) for s in seeds] + ["--name", name]
+    if max_epochs is not None:
+        cmd += ["--max-epochs", str(max_epochs)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def combine(name: str, files: list[Path]) -> None:
+    """Merge result files of partial runs into ``results/NAME.json`` / ``.md`` (bench.py's format)."""
+    sys.path.insert(0, str(HERE))
+    from bench import summarize
+
+    records, machines = load_records(files)
+    commands = [
+        f"{p.name}: {info['command'] or '(command not recorded: run stopped before its end)'}"
+        for p, info in zip(files, machines.values(), strict=True)
+    ]
+    first = dict(next(iter(machines.values()))["machine"])
+    first["peer_envs"] = {
+        k: v for info in machines.values() for k, v in (info["machine"].get("peer_envs") or {}).items()
+    }
+    first["jobs_in_parallel"] = max(info["machine"].get("jobs_in_parallel", 1) for info in machines.values())
+    total = sum(json.loads(p.read_text()).get("total_s", 0.0) for p in files)
+    data = {"machine": first, "command": " ; ".join(commands), "total_s": total, "parts": machines, "records": records}
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    md = [f"# Benchmark `{name}` (merged)\n", "Parts (each ran as its own command):\n"]
+    md += [f"- `{c}`" for c in commands]
+    md.append(
+        f"\nRun time recorded by the parts that ran to their end: {total / 60:.1f} min (a stopped part records none; "
+        "parts may have run at the same time).\n"
+    )
+    md.append(summarize(records))
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {RESULTS / name}.json / .md ({len(records)} records)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="store_true", help="run the benchmark jobs (bench.py) before summarizing")
+    p.add_argument("--quick", action="store_true", help="run pbmc68k, seed 0, max 20 epochs; write summary_quick.*")
+    p.add_argument("--methods", nargs="+", default=list(ORDER), help="methods to run with --run")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--inputs", nargs="+", type=Path, default=None, help="result files to merge (default: see above)")
+    p.add_argument("--combine", nargs="+", metavar=("NAME", "FILE"), help="merge FILEs into results/NAME.json")
+    p.add_argument("--name", default=None, help="output stem (default summary, or summary_quick)")
+    p.add_argument("--note", default=None, help="a paragraph put under the title (e.g. how the runs were split)")
+    args = p.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        combine(args.combine[0], [Path(f) for f in args.combine[1:]])
+        return 0
+
+    prefix = ""
+    if args.quick:
+        args.run, args.datasets, args.seeds = True, ["pbmc68k"], [0]
+        args.max_epochs = args.max_epochs or 20
+        prefix = "quick_"
+    t0 = time.perf_counter()
+    if args.run:
+        peers = [m for m in args.methods if m in PEER_METHODS]
+        if peers:
+            run_bench(peers, prefix + "peers", args.datasets, args.seeds, args.max_epochs)
+        for ours in (m for m in args.methods if m in OURS):
+            run_bench([ours], prefix + ours, args.datasets, args.seeds, args.max_epochs)
+    inputs = args.inputs or [RESULTS / f"{prefix}{n}.json" for n in ("peers", *OURS)]
+    inputs = [f for f in inputs if f.exists()]
+    if not inputs:
+        raise SystemExit("no result files to summarize; run with --run (or --quick) first.")
+    records, machines = load_records(inputs)
+    tab = table(records)
+    win = wins(tab)
+    name = args.name or ("summary_quick" if args.quick else "summary")
+    title = "Benchmark summary: scvgae-sc vs MAGIC, scVI, ALRA" + (" (quick)" if args.quick else "")
+    md = render(tab, win, machines, title, records, args.note)
+    if args.run:
+        md += f"\nRun time of this command: {(time.perf_counter() - t0) / 60:.1f} min.\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"inputs": machines, "wins": win, "table": tab}, indent=1))
+    plot(tab, RESULTS / f"{name}.png")
+    print(md)
+    print(f"wrote {RESULTS / name}.md / .json / .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
