@@ -86,8 +86,8 @@ pygments_style = "default"
 # {ref}, toctree entries, includes) still warn and fail the build.
 nitpicky = False
 suppress_warnings = [
-    # benchmarks/results/*.md are written by benchmarks/bench.py and jump from "#" to "###"; they are included
-    # verbatim on the Benchmarks page.
+    # benchmarks/results/*.md are written by the benchmark scripts and jump from "#" to "###"; they are included
+    # verbatim on the Benchmarks pages.
     "myst.header",
 ]
 
@@ -109,7 +109,7 @@ typehints_use_signature = False
 typehints_use_signature_return = False
 always_use_bars_union = True
 
-# The example figure of each plotting function is shown on its API page (docs/_templates/autosummary/base.rst).
+# The example figure of each plotting function is shown on its API page (docs/_templates/autosummary/function.rst).
 PL_FIGURES = sorted(p.stem.removeprefix("pl_") for p in (HERE / "_static").glob("pl_*.png"))
 autosummary_context = {"pl_figures": PL_FIGURES}
 
