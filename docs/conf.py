@@ -10,8 +10,7 @@ What happens at build start, before Sphinx reads a page (all of it below, in thi
   ``PYTHONPATH`` that the notebook kernels inherit), so the docs describe the code they are built with;
 * ``tutorials/*.md`` (the tutorial sources, jupytext MyST notebooks) are copied into ``docs/tutorials/``, which
   myst-nb executes (see "Tutorials" below);
-* ``docs/_generated/benchmark_results.md`` is written with an include of each ``benchmarks/results/*.md`` that
-  exists;
+* the benchmark pages are generated from the ``benchmarks/results/*.md`` files that exist (see "Benchmarks");
 * intersphinx inventories are fetched, once a day, into ``docs/_build/.intersphinx/`` -- or left out when the
   network cannot be reached (see "Cross-references" below).
 """
@@ -87,8 +86,8 @@ pygments_style = "default"
 # {ref}, toctree entries, includes) still warn and fail the build.
 nitpicky = False
 suppress_warnings = [
-    # benchmarks/results/*.md are written by benchmarks/bench.py and jump from "#" to "###"; they are included
-    # verbatim on the Benchmarks page.
+    # benchmarks/results/*.md are written by the benchmark scripts and jump from "#" to "###"; they are included
+    # verbatim on the Benchmarks pages.
     "myst.header",
 ]
 
@@ -110,7 +109,7 @@ typehints_use_signature = False
 typehints_use_signature_return = False
 always_use_bars_union = True
 
-# The example figure of each plotting function is shown on its API page (docs/_templates/autosummary/base.rst).
+# The example figure of each plotting function is shown on its API page (docs/_templates/autosummary/function.rst).
 PL_FIGURES = sorted(p.stem.removeprefix("pl_") for p in (HERE / "_static").glob("pl_*.png"))
 autosummary_context = {"pl_figures": PL_FIGURES}
 
@@ -164,27 +163,51 @@ def _sync_tutorials() -> None:
 _sync_tutorials()
 
 
-# -- Benchmarks: include whatever benchmarks/results/*.md exist ---------------------------------------------
-# summary.md (when a benchmark run has written it) first, then the per-run tables in name order.
-def _write_benchmark_includes() -> None:
-    results = sorted((ROOT / "benchmarks" / "results").glob("*.md"), key=lambda p: (p.stem != "summary", p.name))
-    out = HERE / "_generated" / "benchmark_results.md"
-    out.parent.mkdir(exist_ok=True)
-    if results:
-        # included from docs/benchmarks.md: MyST resolves nested include paths against the including page's folder
-        blocks = [
-            f"```{{include}} ../benchmarks/results/{p.name}\n:heading-offset: 1\n```\n\n"
-            f"_Source: `benchmarks/results/{p.name}`_\n"
-            for p in results
-        ]
-        text = "\n".join(blocks)
-    else:
-        text = "No results yet: `benchmarks/results/` holds no `.md` file.\n"
-    if not out.exists() or out.read_text() != text:
-        out.write_text(text)
+# -- Benchmarks: whatever benchmarks/results/*.md exist ---------------------------------------------------
+# The Benchmarks page (docs/benchmarks.md) includes two generated files: _generated/benchmark_summary.md (summary.md
+# and summary.png of benchmarks/summary.py, when they exist) and _generated/benchmark_toc.md (a toctree of one page
+# per other results file, written into docs/benchmark_results/). All of it is git-ignored and rewritten only when
+# its content changes; a results file added or removed shows up at the next build.
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
-_write_benchmark_includes()
+def _write_benchmark_pages() -> None:
+    results = ROOT / "benchmarks" / "results"
+    generated, pages = HERE / "_generated", HERE / "benchmark_results"
+    generated.mkdir(exist_ok=True)
+    pages.mkdir(exist_ok=True)
+    # Paths in an {include} resolve against the folder of the page that includes it (docs/ for benchmarks.md,
+    # docs/benchmark_results/ for the pages). The results' headings jump levels ("#" to "###"): "myst.header" is
+    # suppressed above.
+    summary = []
+    if (results / "summary.md").is_file():
+        summary.append("```{include} ../benchmarks/results/summary.md\n:heading-offset: 2\n```\n")
+    if (results / "summary.png").is_file():
+        summary.append("![Benchmark summary](../benchmarks/results/summary.png)\n")
+    if not summary:
+        summary.append("No summary yet: `python benchmarks/summary.py` writes `benchmarks/results/summary.md`.\n")
+    _write_if_changed(generated / "benchmark_summary.md", "\n".join(summary))
+
+    others = sorted(p for p in results.glob("*.md") if p.stem != "summary")
+    for stale in pages.glob("*.md"):
+        if stale.stem not in {p.stem for p in others}:
+            stale.unlink()
+    for p in others:
+        _write_if_changed(
+            pages / f"{p.stem}.md",
+            f"# {p.stem}\n\n_The file `benchmarks/results/{p.name}`, as `benchmarks/` wrote it._\n\n"
+            f"```{{include}} ../../benchmarks/results/{p.name}\n:heading-offset: 1\n```\n",
+        )
+    toc = "\n".join(f"benchmark_results/{p.stem}" for p in others)
+    _write_if_changed(
+        generated / "benchmark_toc.md",
+        f"```{{toctree}}\n:maxdepth: 1\n\n{toc}\n```\n" if others else "No other result files yet.\n",
+    )
+
+
+_write_benchmark_pages()
 
 # -- Cross-references (intersphinx) -------------------------------------------------------------------------
 # Links to the documentation of the projects we build on must work for readers online, but the build must never
@@ -282,3 +305,37 @@ def _intersphinx_mapping() -> dict[str, tuple[str, str]]:
 
 intersphinx_mapping = _intersphinx_mapping()
 intersphinx_timeout = 5  # never used for fetching (all inventories are local files); a guard all the same
+
+
+# -- Links to files of the repository that are not pages ----------------------------------------------------
+# README.md and CHANGELOG.md are written for GitHub, where a link like [benchmarks/README.md](benchmarks/README.md)
+# opens the file. In the docs such a target is not a page, and MyST would warn (an error under -W). Links whose
+# target is an existing file of the repository (relative to the page or to the repository root) become links to
+# that file in the repository online; links to pages (e.g. tutorials/quickstart.md) resolve as usual.
+REPOSITORY_URL = html_theme_options["repository_url"]
+
+
+def setup(app):  # noqa: D103 -- Sphinx extension hook
+    from docutils import nodes
+    from sphinx import addnodes
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+
+    class RepositoryFileLinks(SphinxPostTransform):
+        default_priority = 8  # before MyST's reference resolver (9), which would warn
+
+        def run(self, **kwargs) -> None:
+            for node in list(self.document.findall(addnodes.pending_xref)):
+                target = node.get("reftarget", "")
+                if node.get("reftype") != "myst" or node.get("refdomain") or not target or ":" in target:
+                    continue
+                path, _, anchor = target.partition("#")
+                bases = [Path(node.source).parent] if node.source else []
+                for base in [*bases, ROOT]:
+                    file = (base / path).resolve()
+                    if file.is_file() and file.is_relative_to(ROOT):
+                        uri = f"{REPOSITORY_URL}/blob/main/{file.relative_to(ROOT).as_posix()}"
+                        ref = nodes.reference("", "", *node.children, refuri=uri + (f"#{anchor}" if anchor else ""))
+                        node.replace_self(ref)
+                        break
+
+    app.add_post_transform(RepositoryFileLinks)
