@@ -180,8 +180,26 @@ class SCVGAE(nn.Module):
         return self._encode(x, ei, ew)
 
     def _encode(self, x: torch.Tensor, ei: torch.Tensor, ew: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.gcn(x, ei, ew)
-        h = self.dropout_encoder(torch.relu(self.graph_norm(h)))
+        return self._latent(self.gcn(x, ei, ew), ei, ew)
+
+    def encoder_input(self, ax: torch.Tensor) -> torch.Tensor:
+        """The first GCN layer before its normalization, from the already propagated input ``ax = Â x``.
+
+        ``GCNConv`` computes ``Â (x W) + b``, which is ``(Â x) W + b``: a caller that propagates the input itself
+        (exactly, e.g. sparse rows of ``Â`` times the input, batch by batch) gets the same layer for any subset
+        of cells, without their neighbours' neighbours.
+        """
+        out = self.gcn.lin(ax)
+        return out + self.gcn.bias if self.gcn.bias is not None else out
+
+    def latent_from_input(self, pre: torch.Tensor) -> torch.Tensor:
+        """``Z`` of a non-variational model from :meth:`encoder_input`'s output (GraphNorm over these rows)."""
+        if self.variational:
+            raise ValueError("latent_from_input is for non-variational models (mu / logvar need the graph).")
+        return self.dropout_encoder(torch.relu(self.graph_norm(pre)))
+
+    def _latent(self, pre: torch.Tensor, ei: torch.Tensor, ew: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.dropout_encoder(torch.relu(self.graph_norm(pre)))
         if not self.variational:
             return {"z": h}
         mu = self.gcn_mu(h, ei, ew)
@@ -250,23 +268,43 @@ class SCVGAE(nn.Module):
             cell_index = rows if cell_index is None else cell_index[rows]
         else:
             z_rows = z
-        raw = self.zinb_heads(h).float()
-        log_mean, pi_logits, log_theta = raw.split(self.n_genes, dim=1)
-        c = self.log_clamp
-        mean = torch.exp(log_mean.clamp(-c, c))
-        theta = torch.exp(log_theta.clamp(-c, c))
-
-        recon = self.decoder(mean if self.decoder_input == "mean" else z_rows).float()
-        if self.add_back:
-            recon = recon + self.gene_norm(x).float() + self._cell_norm(x, cell_index)
-
-        out.update(recon=recon, mean=mean, pi_logits=pi_logits, theta=theta)
+        out.update(self.decode(h, z_rows, x, cell_index))
         if self.variational:
             mu, logvar = out["z_mu"].float(), out["z_logvar"].float()
             if rows is not None:
                 mu, logvar = mu[rows], logvar[rows]
             out["kl"] = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
         return out
+
+    def decode(
+        self, h: torch.Tensor, z: torch.Tensor, x: torch.Tensor, cell_index: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The heads, the decoder and the add-back for a set of rows.
+
+        Parameters
+        ----------
+        h
+            ``(m, latent)`` input of the heads: ``Â Z`` for ``heads="gcn"``, ``Z`` for ``"linear"``.
+        z
+            ``(m, latent)`` latent of the same rows (the decoder's input when ``decoder_input="latent"``).
+        x
+            ``(m, n_genes)`` model input of the same rows (the add-back).
+        cell_index
+            ``(m,)`` positions of the rows among the training cells (see :meth:`forward`).
+
+        Returns
+        -------
+        ``{"recon", "mean", "pi_logits", "theta"}``, each ``(m, n_genes)``.
+        """
+        raw = self.zinb_heads(h).float()
+        log_mean, pi_logits, log_theta = raw.split(self.n_genes, dim=1)
+        c = self.log_clamp
+        mean = torch.exp(log_mean.clamp(-c, c))
+        theta = torch.exp(log_theta.clamp(-c, c))
+        recon = self.decoder(mean if self.decoder_input == "mean" else z).float()
+        if self.add_back:
+            recon = recon + self.gene_norm(x).float() + self._cell_norm(x, cell_index)
+        return {"recon": recon, "mean": mean, "pi_logits": pi_logits, "theta": theta}
 
     def loss(
         self,

@@ -49,10 +49,14 @@ DEFAULTS: dict[str, Any] = {
     "fill_gate": 0.4,
     "transform": "auto",
     "batch_size": 512,
+    "batching": "auto",
     "precision": "32",
     "progress_bar": None,
 }
 MAX_EPOCHS = 100
+#: Above this many cells ``batching="auto"`` trains on subgraphs: the full-graph encoder run once per batch makes
+#: an epoch cost ``n_cells² / batch_size``.
+SUBGRAPH_MIN_CELLS = 20_000
 
 
 def scvgae_options() -> dict[str, Any]:
@@ -118,6 +122,15 @@ def scvgae_options() -> dict[str, Any]:
         Cells per optimizer step: the encoder always propagates over the whole graph, and the heads, decoder
         and losses run on a random batch of cells, so an epoch makes ``n_cells / batch_size`` steps and the
         largest activations scale with the batch. ``None`` trains full-batch (one step per epoch).
+    ``batching`` (``"auto"``)
+        ``"full"``: every optimizer step runs the encoder over the whole graph (exact; per-epoch time grows as
+        ``n_cells² / batch_size``). ``"subgraph"``: each step computes only a random batch of cells — the first
+        GCN layer exactly from sparse rows of the normalized graph, the heads' propagation with the latest
+        latent of neighbours outside the batch (historical embeddings) — so an epoch costs ``O(n_cells)`` and
+        memory is a few dense copies of the data plus the batch; prediction runs in chunks with the exact
+        graph. ``"auto"`` picks ``"subgraph"`` when the full-batch memory estimate exceeds the budget
+        (``max_memory`` of :func:`~scvgae_sc.tl.impute`) or above 20,000 cells, and logs the choice. Not with
+        ``variational=True`` (its extra GCN layers need the whole graph).
     ``precision`` (``"32"``)
         ``"bf16"`` trains under bfloat16 autocast.
     ``progress_bar`` (None)
@@ -142,6 +155,7 @@ def _validate(opts: dict[str, Any]) -> None:
         "transform": ("auto", "none", "log1p"),
         "zinb_target": ("counts", "normalized"),
         "precision": ("32", "bf16"),
+        "batching": ("auto", "full", "subgraph"),
     }
     for k in ("variational", "add_back", "calibrate"):
         if not isinstance(opts[k], bool | np.bool_):
@@ -174,8 +188,8 @@ def _calibrate(recon, x):
 def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
     """Eval-mode ``(recon, z)`` without gradients; heads and decoder run on ``chunk`` rows at a time.
 
-    The encoder propagates over the whole graph for every chunk (cheap: ``hidden`` channels); the
-    ``n_cells × n_genes`` intermediates of the heads, the decoder and the add-back exist only per chunk.
+    The encoder propagates over the whole graph once (``hidden`` channels); the ``n_cells × n_genes``
+    intermediates of the heads, the decoder and the add-back exist only per chunk.
     """
     import torch
 
@@ -183,17 +197,16 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
     module.eval()
     try:
         with torch.no_grad():
+            ei, ew = module.normalize_graph(edge_index, edge_weight, x.shape[0])
+            enc = module._encode(x, ei, ew)
+            z = enc["z"]
+            h = module.propagate(z, ei, ew) if module.propagate is not None else z
             recon = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-            z = None
             for rows in torch.arange(x.shape[0], device=x.device).split(max(int(chunk), 2)):
-                out = module(x, edge_index, edge_weight, rows=rows)
-                recon[rows] = out["recon"].float()
-                if z is None:
-                    z = out["z"].float()
-                del out
+                recon[rows] = module.decode(h[rows], z[rows], x[rows], rows)["recon"].float()
     finally:
         module.train(was_training)
-    return recon, z
+    return recon, z.float()
 
 
 def _fill(recon, x, observed, *, transform: str, fill_gate: float, fill_scale: float, graph):
@@ -255,13 +268,26 @@ def predict_scvgae(
     fill_scale: float = 1.0,
     graph: sparse.spmatrix | None = None,
     chunk: int = 512,
+    batching: str = "full",
+    device=None,
+    out: np.ndarray | None = None,
 ):
     """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
 
     The one prediction path of :func:`run_scvgae` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
     ``fill_gate`` needs the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` is the fitted factor;
-    ``chunk`` rows go through the heads and the decoder at a time.
+    ``chunk`` rows go through the heads and the decoder at a time. ``batching="subgraph"`` predicts chunk by
+    chunk from ``x`` on the host (a NumPy array or tensor; ``edge_index`` / ``edge_weight`` unused, ``graph``
+    needed) into ``out`` when given (e.g. a :class:`numpy.memmap`), with the model on ``device``.
     """
+    if batching == "subgraph":
+        from ._scvgae_subgraph import predict_scvgae_subgraph
+
+        x_np = x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x, dtype=np.float32)
+        kwargs = {"output": output, "calibrate": calibrate, "transform": transform, "fill_gate": fill_gate}
+        return predict_scvgae_subgraph(
+            module, x_np, graph, device=device, fill_scale=fill_scale, chunk=chunk, out=out, **kwargs
+        )
     recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk)
     if output == "fill":
         imputed = _fill(recon, x, x > 0, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale, graph=graph)
@@ -285,9 +311,13 @@ def run_scvgae(
     max_epochs: int | None,
     device: str,
     random_state: int | None,
+    out: np.ndarray | None = None,
     **options: Any,
 ) -> ImputeResult:
-    """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`scvgae_options`."""
+    """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`scvgae_options`.
+
+    ``out``: a preallocated float32 array (e.g. a :class:`numpy.memmap`) for the imputed matrix, subgraph mode only.
+    """
     opts = {**DEFAULTS, **options}
     _validate(opts)
     n_cells, n_genes = X.shape
@@ -315,6 +345,15 @@ def run_scvgae(
     )
     A, graph_info = resolve_graph(provided_graph, Xm, random_state=random_state, method=opts["graph"], **graph_kwargs)
 
+    batching = opts["batching"]
+    if batching == "auto":  # tl.impute decides with the memory budget; a direct call decides by size
+        batching = "subgraph" if n_cells > SUBGRAPH_MIN_CELLS else "full"
+    if batching == "subgraph" and opts["variational"]:
+        raise ValueError(
+            "variational=True needs the whole graph in every step (its mu / logvar layers propagate again); "
+            "use batching='full', or variational=False for subgraph mini-batches."
+        )
+
     if random_state is not None:
         torch.manual_seed(int(random_state))
     module_kwargs = {
@@ -328,44 +367,13 @@ def run_scvgae(
         "cached": True,
     }
     model = SCVGAE(n_genes, n_cells, **module_kwargs)
-    x = dense_tensor(Xm, dev)
-    if opts["zinb_target"] == "counts":
-        c = dense_tensor(counts, dev)
-        sf = torch.from_numpy(size_factors(counts)).to(dev)
-    else:
-        c, sf = x, None
-    edge_index, edge_weight = edge_tensors(A, dev)
-    observed = x > 0
     mask_rate, mask_weight = float(opts["mask_rate"]), float(opts["mask_weight"])
-    alpha = float(opts["alpha"])
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(0 if random_state is None else int(random_state))
-
+    alpha, kl_weight = float(opts["alpha"]), float(opts["kl_weight"])
     batch_size = n_cells if not opts["batch_size"] else min(int(opts["batch_size"]), n_cells)
-
-    def batch_loss(module, x_in, hidden, rows):
-        out = module(x_in, edge_index, edge_weight, rows=rows)
-        xb = x if rows is None else x[rows]
-        cb = c if rows is None else c[rows]
-        sfb = sf if (sf is None or rows is None) else sf[rows]
-        comps = scvgae_loss(out, xb, cb, sfb, alpha=alpha, kl_weight=float(opts["kl_weight"]))
-        if hidden is not None and mask_weight > 0:
-            se = (out["recon"].float() - xb).pow(2)
-            comps["masked"] = masked_mean(se, hidden if rows is None else hidden[rows])
-            comps["loss"] = comps["loss"] + mask_weight * comps["masked"]
-        return comps
-
-    def train_step(module, epoch):
-        if mask_rate > 0:
-            hidden = observed & (torch.rand(x.shape, generator=gen, device=dev) < mask_rate)
-            x_in = x.masked_fill(hidden, 0.0)
-        else:
-            hidden, x_in = None, x
-        if batch_size >= n_cells:
-            return batch_loss(module, x_in, hidden, None)
-        order = torch.randperm(n_cells, generator=gen, device=dev)
-        return (batch_loss(module, x_in, hidden, rows) for rows in split_batches(order, batch_size))
-
+    gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
+    chunk = batch_size
+    fit_scale = opts["fill_scale"] == "fit" or (opts["fill_scale"] == "auto" and transform == "log1p")
+    fit_scale = fit_scale and opts["output"] == "fill" and mask_rate > 0
     trainer = Trainer(
         model,
         lr=float(opts["lr"]),
@@ -376,27 +384,120 @@ def run_scvgae(
         random_state=random_state,
         precision=opts["precision"],
     )
-    start = logg.info(f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}")
-    history = trainer.fit(train_step)
-    gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
-    chunk = batch_size
-    scale = 1.0
-    fit_scale = opts["fill_scale"] == "fit" or (opts["fill_scale"] == "auto" and transform == "log1p")
-    if opts["output"] == "fill" and fit_scale and mask_rate > 0:
-        scale = _fit_fill_scale(
+
+    def add_masked(comps, recon, xb, hidden_rows):
+        if hidden_rows is not None and mask_weight > 0:
+            comps["masked"] = masked_mean((recon.float() - xb).pow(2), hidden_rows)
+            comps["loss"] = comps["loss"] + mask_weight * comps["masked"]
+        return comps
+
+    start = logg.info(
+        f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}, batching={batching!r}"
+    )
+    if batching == "subgraph":
+        from ._scvgae_subgraph import fit_fill_scale_subgraph, subgraph_train_step
+        from ._subgraph import SubgraphSampler, gcn_adjacency
+
+        x_host = np.ascontiguousarray(Xm.toarray() if sparse.issparse(Xm) else Xm, dtype=np.float32)
+        del Xm
+        x_buffer = np.empty_like(x_host)
+        counts_csr = sparse.csr_matrix(counts, dtype=np.float32) if opts["zinb_target"] == "counts" else None
+        sf_host = size_factors(counts) if counts_csr is not None else None
+        sampler = SubgraphSampler(gcn_adjacency(A))
+        rng = np.random.default_rng(random_state)
+
+        def loss_fn(out, xb, cb, sfb, hidden_rows):
+            cb = xb if cb is None else cb
+            comps = scvgae_loss(out, xb, cb, sfb, alpha=alpha, kl_weight=kl_weight)
+            return add_masked(comps, out["recon"], xb, hidden_rows)
+
+        train_step = subgraph_train_step(
             model,
-            x,
-            observed,
-            edge_index,
-            edge_weight,
+            sampler,
+            x_host,
+            x_buffer,
+            counts_csr,
+            sf_host,
+            device=dev,
+            batch_size=batch_size,
             mask_rate=mask_rate,
-            gen=gen,
+            mask_weight=mask_weight,
+            rng=rng,
+            loss_fn=loss_fn,
             chunk=chunk,
-            transform=transform,
-            fill_gate=gate,
-            graph=A,
         )
-        logg.debug(f"    fill scale fitted on hidden entries: {scale:.3f}")
+        history = trainer.fit(train_step)
+        del counts_csr
+        scale = 1.0
+        if fit_scale:
+            scale = fit_fill_scale_subgraph(
+                model,
+                x_host,
+                x_buffer,
+                A,
+                sampler,
+                device=dev,
+                mask_rate=mask_rate,
+                rng=rng,
+                chunk=chunk,
+                transform=transform,
+                fill_gate=gate,
+            )
+            logg.debug(f"    fill scale fitted on hidden entries: {scale:.3f}")
+        del x_buffer, sampler
+        x_predict = x_host
+    else:
+        x = dense_tensor(Xm, dev)
+        if opts["zinb_target"] == "counts":
+            c = dense_tensor(counts, dev)
+            sf = torch.from_numpy(size_factors(counts)).to(dev)
+        else:
+            c, sf = x, None
+        edge_index, edge_weight = edge_tensors(A, dev)
+        observed = x > 0
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(0 if random_state is None else int(random_state))
+
+        def batch_loss(module, x_in, hidden, rows):
+            out = module(x_in, edge_index, edge_weight, rows=rows)
+            xb = x if rows is None else x[rows]
+            cb = c if rows is None else c[rows]
+            sfb = sf if (sf is None or rows is None) else sf[rows]
+            comps = scvgae_loss(out, xb, cb, sfb, alpha=alpha, kl_weight=kl_weight)
+            hidden_rows = hidden if (hidden is None or rows is None) else hidden[rows]
+            return add_masked(comps, out["recon"], xb, hidden_rows)
+
+        def train_step(module, epoch):
+            if mask_rate > 0:
+                hidden = observed & (torch.rand(x.shape, generator=gen, device=dev) < mask_rate)
+                x_in = x.masked_fill(hidden, 0.0)
+            else:
+                hidden, x_in = None, x
+            if batch_size >= n_cells:
+                return batch_loss(module, x_in, hidden, None)
+            order = torch.randperm(n_cells, generator=gen, device=dev)
+            return (batch_loss(module, x_in, hidden, rows) for rows in split_batches(order, batch_size))
+
+        history = trainer.fit(train_step)
+        del c, sf
+        scale = 1.0
+        if fit_scale:
+            scale = _fit_fill_scale(
+                model,
+                x,
+                observed,
+                edge_index,
+                edge_weight,
+                mask_rate=mask_rate,
+                gen=gen,
+                chunk=chunk,
+                transform=transform,
+                fill_gate=gate,
+                graph=A,
+            )
+            logg.debug(f"    fill scale fitted on hidden entries: {scale:.3f}")
+        del observed
+        x_predict = x
     predict_kwargs = {
         "output": opts["output"],
         "calibrate": bool(opts["calibrate"]),
@@ -404,14 +505,22 @@ def run_scvgae(
         "fill_gate": gate,
         "fill_scale": float(scale),
         "chunk": int(chunk),
+        "batching": batching,
     }
-    imputed, latent = predict_scvgae(model, x, edge_index, edge_weight, graph=A, **predict_kwargs)
+    if batching == "subgraph":
+        imputed, latent = predict_scvgae(model, x_predict, None, None, graph=A, device=dev, out=out, **predict_kwargs)
+    else:
+        imputed, latent = predict_scvgae(model, x_predict, edge_index, edge_weight, graph=A, **predict_kwargs)
+        if out is not None:
+            out[...] = imputed
+            imputed = out
     logg.debug("    finished training", time=start)
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
     params.update(transform_used=transform, max_epochs_used=n_epochs, fill_scale_used=float(scale))
+    params["batching_used"] = batching
     return ImputeResult(
-        imputed=np.ascontiguousarray(imputed, dtype=np.float32),
+        imputed=imputed if out is not None else np.ascontiguousarray(imputed, dtype=np.float32),
         latent=np.ascontiguousarray(latent, dtype=np.float32),
         history=history_arrays(history),
         params=params,

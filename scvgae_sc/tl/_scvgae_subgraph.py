@@ -1,0 +1,247 @@
+"""scVGAE trained and applied over cell subgraphs (``batching="subgraph"``); see :mod:`._subgraph`.
+
+The data stay on the host as NumPy / SciPy arrays; each batch's rows go to the device. Memory: the input,
+its masked copy, the observed-entry masks and the output (dense ``n_cells × n_genes``, the output optionally on
+disk), the counts as CSR, the latent history (``n_cells × hidden``) and one batch of activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from ._subgraph import SubgraphSampler, gcn_adjacency
+
+#: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
+_MASK_ROWS = 4096
+
+
+def hide_entries(x: np.ndarray, out: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Copy ``x`` into ``out`` with each non-zero hidden (set to 0) with probability ``rate``; return the mask."""
+    hidden = np.empty(x.shape, dtype=bool)
+    for start in range(0, x.shape[0], _MASK_ROWS):
+        sl = slice(start, start + _MASK_ROWS)
+        h = rng.random(x[sl].shape, dtype=np.float32) < rate
+        h &= x[sl] > 0
+        hidden[sl] = h
+        np.copyto(out[sl], x[sl])
+        out[sl][h] = 0.0
+    return hidden
+
+
+def _to(a: np.ndarray, dev):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+
+
+def embed(module, sampler: SubgraphSampler, x: np.ndarray, dev, chunk: int):
+    """Exact ``(z, h)`` of every cell (``h`` the heads' input) in the module's current mode, without gradients.
+
+    The first layer's pre-normalization output is computed chunk by chunk from sparse rows of the graph, then
+    GraphNorm runs over all cells at once (``n_cells × hidden``), as in full-graph evaluation.
+    """
+    import torch
+
+    with torch.no_grad():
+        parts = []
+        for start in range(0, sampler.n, chunk):
+            rows = np.arange(start, min(start + chunk, sampler.n))
+            parts.append(module.encoder_input(_to(sampler.propagate(rows, x), dev)).float())
+        z = module.latent_from_input(torch.cat(parts)).float()
+        del parts
+        if module.propagate is None:
+            return z, z
+        h = _to(sampler.P @ z.cpu().numpy(), dev)
+    return z, h
+
+
+def reconstructions(module, sampler: SubgraphSampler, x_in: np.ndarray, dev, chunk: int) -> Iterator:
+    """Yield ``(rows, recon_rows)`` (eval mode, no gradients) over all cells, ``chunk`` rows at a time."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        z, h = embed(module, sampler, x_in, dev, chunk)
+        with torch.no_grad():
+            for start in range(0, sampler.n, chunk):
+                rows = np.arange(start, min(start + chunk, sampler.n))
+                r = _to(rows, dev)
+                out = module.decode(h[r], z[r], _to(x_in[rows], dev), r)
+                yield rows, out["recon"].float()
+    finally:
+        module.train(was_training)
+    module.last_latent = z  # read by predict (the latent of the last pass)
+
+
+def _detection(graph: sparse.spmatrix, observed: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows of the neighbourhood detection rate (see :func:`~scvgae_sc.tl._common.detection_rate`)."""
+    P = sparse.csr_matrix(graph, dtype=np.float32) + sparse.eye(graph.shape[0], dtype=np.float32, format="csr")
+    P = sparse.csr_matrix(sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P)
+    return lambda rows: (P[rows] @ observed).toarray().astype(np.float32)
+
+
+def _fill_rows(recon, x_rows, rate, *, transform: str, fill_gate: float, fill_scale: float):
+    """``_fill`` of :mod:`._scvgae` on a chunk of rows (``x_rows`` the input rows, ``None``: keep no values)."""
+    import torch
+
+    recon.clamp_(min=0)
+    if transform == "log1p":
+        recon.expm1_()
+    if fill_gate > 0:
+        recon.mul_(torch.from_numpy(rate).to(recon.device).div_(fill_gate).clamp_(max=1.0))
+    if fill_scale != 1.0:
+        recon.mul_(fill_scale)
+    if x_rows is not None:
+        xr = torch.from_numpy(x_rows).to(recon.device)
+        observed = xr > 0
+        recon[observed] = torch.expm1(xr[observed]) if transform == "log1p" else xr[observed]
+    return recon
+
+
+def predict_scvgae_subgraph(
+    module,
+    x: np.ndarray,
+    graph: sparse.spmatrix,
+    *,
+    device,
+    output: str,
+    calibrate: bool,
+    transform: str,
+    fill_gate: float = 0.0,
+    fill_scale: float = 1.0,
+    chunk: int = 512,
+    out: np.ndarray | None = None,
+    **_: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Imputed matrix and latent from the model input ``x`` (dense NumPy) chunk by chunk, with the exact graph.
+
+    ``out`` receives the result (a preallocated ``n_cells × n_genes`` float32 array, e.g. a :class:`numpy.memmap`);
+    by default a new array.
+    """
+    n = x.shape[0]
+    sampler = SubgraphSampler(gcn_adjacency(graph))
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    rate_of = _detection(graph, sparse.csr_matrix(x > 0)) if (output == "fill" and fill_gate > 0) else None
+    for rows, recon in reconstructions(module, sampler, x, device, chunk):
+        if output == "fill":
+            rate = rate_of(rows) if rate_of is not None else None
+            recon = _fill_rows(recon, x[rows], rate, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale)
+        out[rows] = recon.cpu().numpy()
+    if output == "recon":
+        if calibrate:
+            for start in range(0, x.shape[1], chunk):
+                cols = slice(start, start + chunk)
+                r, xc = out[:, cols].astype(np.float64), x[:, cols].astype(np.float64)
+                rc = r - r.mean(0)
+                slope = (rc * (xc - xc.mean(0))).mean(0) / np.maximum(rc.var(0), 1e-12)
+                out[:, cols] = rc * slope + xc.mean(0)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            np.clip(out[rows], 0, None, out=out[rows])
+            if transform == "log1p":
+                np.expm1(out[rows], out=out[rows])
+    latent = module.last_latent.cpu().numpy()
+    del module.last_latent
+    return out, np.ascontiguousarray(latent, dtype=np.float32)
+
+
+def fit_fill_scale_subgraph(
+    module,
+    x: np.ndarray,
+    x_buffer: np.ndarray,
+    graph: sparse.spmatrix,
+    sampler: SubgraphSampler,
+    *,
+    device,
+    mask_rate: float,
+    rng: np.random.Generator,
+    chunk: int,
+    transform: str,
+    fill_gate: float,
+) -> float:
+    """:func:`._scvgae._fit_fill_scale` chunk by chunk: least-squares factor on freshly hidden entries."""
+    hidden = hide_entries(x, x_buffer, mask_rate, rng)
+    rate_of = _detection(graph, sparse.csr_matrix(x_buffer > 0)) if fill_gate > 0 else None
+    num = den = 0.0
+    for rows, recon in reconstructions(module, sampler, x_buffer, device, chunk):
+        h = hidden[rows]
+        if not h.any():
+            continue
+        rate = rate_of(rows) if rate_of is not None else None
+        pred = _fill_rows(recon, None, rate, transform=transform, fill_gate=fill_gate, fill_scale=1.0)
+        pred = pred.cpu().numpy()[h].astype(np.float64)
+        truth = x[rows][h].astype(np.float64)
+        if transform == "log1p":
+            truth = np.expm1(truth)
+        num += float(pred @ truth)
+        den += float(pred @ pred)
+    del module.last_latent
+    return num / den if den > 0 else 1.0
+
+
+def subgraph_train_step(
+    module,
+    sampler: SubgraphSampler,
+    x: np.ndarray,
+    x_in: np.ndarray,
+    counts: sparse.csr_matrix | None,
+    sf: np.ndarray | None,
+    *,
+    device,
+    batch_size: int,
+    mask_rate: float,
+    mask_weight: float,
+    rng: np.random.Generator,
+    loss_fn: Callable,
+    chunk: int,
+) -> Callable:
+    """A ``train_step(module, epoch)`` for :class:`~scvgae_sc.nn.Trainer` yielding one loss per random batch.
+
+    Each epoch hides a fresh ``mask_rate`` of the observed entries in ``x_in`` (a buffer the shape of ``x``),
+    The latent history of every cell is computed once before the first step (no gradients); afterwards each
+    batch refreshes its own rows, so a neighbour's latent is at most one epoch old.
+    ``counts`` is ``None`` when the ZINB term models the input itself (``zinb_target="normalized"``).
+    ``loss_fn(out, x_rows, counts_rows, sf_rows, hidden_rows)`` returns the loss components.
+    """
+    import torch
+
+    from ._common import split_batches
+
+    n = x.shape[0]
+    state: dict[str, Any] = {}
+
+    def train_step(mod, epoch: int):
+        hidden = hide_entries(x, x_in, mask_rate, rng) if mask_rate > 0 else None
+        if hidden is None and epoch == 0:
+            np.copyto(x_in, x)
+        if "history" not in state:
+            # every cell's latent before the first step; later each batch refreshes its own rows
+            state["history"], _ = embed(mod, sampler, x_in, device, chunk)
+        order = rng.permutation(n)
+        for rows_t in split_batches(torch.from_numpy(order), batch_size):
+            rows = rows_t.numpy()
+            r = rows_t.to(device)
+            pre = mod.encoder_input(_to(sampler.propagate(rows, x_in), device))
+            z_rows = mod.latent_from_input(pre)
+            if mod.propagate is not None:
+                nodes, P_local = sampler.neighbourhood(rows, device)
+                halo = _to(nodes[len(rows) :], device)
+                z_nodes = torch.cat([z_rows.float(), state["history"][halo]])
+                h_rows = torch.sparse.mm(P_local, z_nodes)
+            else:
+                h_rows = z_rows
+            out = mod.decode(h_rows, z_rows, _to(x_in[rows], device), r)
+            with torch.no_grad():
+                state["history"][r] = z_rows.detach().float()
+            c_rows = _to(counts[rows].toarray(), device) if counts is not None else None
+            sf_rows = _to(sf[rows], device) if sf is not None else None
+            hid = _to(hidden[rows], device) if hidden is not None else None
+            yield loss_fn(out, _to(x[rows], device), c_rows, sf_rows, hid)
+
+    return train_step
