@@ -21,6 +21,7 @@ __all__ = [
     "available_memory",
     "check_adata",
     "check_memory",
+    "memory_budget",
     "check_counts",
     "check_finite",
     "check_nonnegative",
@@ -201,6 +202,17 @@ def available_memory() -> float | None:
         return None
 
 
+def memory_budget(max_memory: float | None) -> float | None:
+    """``max_memory`` validated, or :func:`available_memory` when it is ``None``."""
+    if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, int | float | np.integer | np.floating):
+            raise TypeError(f"max_memory must be a number of bytes or None, got {type(max_memory).__name__}.")
+        if not max_memory > 0:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
+        return float(max_memory)
+    return available_memory()
+
+
 def check_memory(need: float, *, what: str, max_memory: float | None = None) -> None:
     """Refuse, with the figures, work that needs ``need`` bytes when fewer are available.
 
@@ -214,11 +226,7 @@ def check_memory(need: float, *, what: str, max_memory: float | None = None) -> 
         Bytes allowed; ``None``: :func:`available_memory` (the check is skipped when that is unknown).
     """
     if max_memory is not None:
-        if isinstance(max_memory, bool) or not isinstance(max_memory, int | float | np.integer | np.floating):
-            raise TypeError(f"max_memory must be a number of bytes or None, got {type(max_memory).__name__}.")
-        if not max_memory > 0:
-            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
-        limit = float(max_memory)
+        limit = memory_budget(max_memory)
         have = f"max_memory is {limit / 1e9:.2f} GB"
     else:
         avail = available_memory()

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -25,10 +27,45 @@ DENSE_COPIES = {"scvgae": 20, "gnnimpute": 28}
 DENSE_COPIES_HOST = 4
 
 
-def impute_memory(method: str, n_obs: int, n_vars: int, device_type: str = "cpu") -> float:
+#: scVGAE with ``batching="subgraph"``: the input, its masked copy, the masks and the output (one copy less
+#: when the output goes to a file); activations are per batch.
+DENSE_COPIES_SUBGRAPH = 4
+
+
+def impute_memory(
+    method: str, n_obs: int, n_vars: int, device_type: str = "cpu", *, batching: str = "full", to_file: bool = False
+) -> float:
     """Estimated peak host memory (bytes) of :func:`impute` on ``n_obs`` × ``n_vars``."""
-    copies = DENSE_COPIES[method] if device_type == "cpu" else DENSE_COPIES_HOST
+    if batching == "subgraph":
+        copies = DENSE_COPIES_SUBGRAPH - (1 if to_file else 0)
+    else:
+        copies = DENSE_COPIES[method] if device_type == "cpu" else DENSE_COPIES_HOST
     return float(copies) * n_obs * n_vars * 4
+
+
+def choose_batching(
+    method: str, requested: Any, n_obs: int, n_vars: int, device_type: str, budget: float | None
+) -> str | None:
+    """Resolve scVGAE's ``batching="auto"``: subgraphs when full batch does not fit ``budget`` or is too slow."""
+    if method != "scvgae" or requested != "auto":
+        return requested if method == "scvgae" else None
+    from ._scvgae import SUBGRAPH_MIN_CELLS
+
+    need = impute_memory(method, n_obs, n_vars, device_type)
+    if budget is not None and need > budget:
+        logg.info(
+            f"    batching='subgraph': full-batch training would need about {need / 1e9:.1f} GB, more than the "
+            f"{budget / 1e9:.1f} GB budget"
+        )
+        return "subgraph"
+    if n_obs > SUBGRAPH_MIN_CELLS:
+        logg.info(
+            f"    batching='subgraph': {n_obs} cells > {SUBGRAPH_MIN_CELLS} (a full-graph encoder per batch would cost "
+            "n_cells² / batch_size per epoch)"
+        )
+        return "subgraph"
+    logg.info(f"    batching='full': about {need / 1e9:.2f} GB fits the budget")
+    return "full"
 
 
 @dataclass
@@ -104,6 +141,7 @@ def impute(
     device: str = "auto",
     random_state: int | None = 0,
     max_memory: float | None = None,
+    filename: str | os.PathLike[str] | None = None,
     return_model: bool = False,
     copy: bool = False,
     **method_kwargs: Any,
@@ -156,7 +194,14 @@ def impute(
         20 dense float32 copies of the cells × genes matrix for scVGAE, 28 for GNNImpute, on CPU; 4 of host
         memory on a GPU) and the call is refused, with the figures, when it exceeds ``max_memory`` — by
         default the memory available now (``MemAvailable`` of ``/proc/meminfo``, else the physical memory).
-        Pass a number to override the estimate.
+        Pass a number to override the estimate. For scVGAE it also decides ``batching="auto"`` (see
+        :func:`scvgae_sc.tl.scvgae_options`): when full-batch training would not fit, training runs on cell
+        subgraphs (about 4 dense copies), and the choice is logged.
+    filename
+        Write the imputed matrix to this NumPy ``.npy`` file instead of memory: ``adata.layers[key]`` is then an
+        array mapped from the file (the operating system pages it in and out; ``write_h5ad`` works as usual).
+        With scVGAE on subgraphs the matrix is written chunk by chunk and never held in memory whole, which
+        saves one dense copy in the memory estimate. Refuses an existing file.
     return_model
         Also return the trained model (:class:`~scvgae_sc.tl.ImputationModel`), which can be saved
         (``model.save(folder)``), loaded (``ImputationModel.load(folder)``) and re-applied to the same cells
@@ -214,9 +259,25 @@ def impute(
     from ..nn import resolve_device
 
     dev = resolve_device(device)
+    if filename is not None:
+        if not isinstance(filename, str | os.PathLike):
+            raise TypeError(f"filename must be a path or None, got {type(filename).__name__}.")
+        filename = Path(filename)
+        if filename.exists():
+            raise ValueError(f"{str(filename)!r} exists; remove it or choose another filename.")
+        if not filename.parent.is_dir():
+            raise ValueError(f"The folder of filename={str(filename)!r} does not exist.")
+    budget = _utils.memory_budget(max_memory)
+    batching = choose_batching(
+        method, method_kwargs.get("batching", "auto"), adata.n_obs, adata.n_vars, dev.type, budget
+    )
+    if batching is not None:
+        method_kwargs["batching"] = batching
+    to_file = filename is not None and batching == "subgraph"
     _utils.check_memory(
-        impute_memory(method, adata.n_obs, adata.n_vars, dev.type),
-        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type}",
+        impute_memory(method, adata.n_obs, adata.n_vars, dev.type, batching=batching or "full", to_file=to_file),
+        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type}"
+        + (f" (batching={batching!r})" if batching else ""),
         max_memory=max_memory,
     )
 
@@ -227,16 +288,33 @@ def impute(
 
     start = logg.info(f"imputing with {method!r}")
     t0 = time.perf_counter()
-    result: ImputeResult = runner(
-        X,
-        counts,
-        provided_graph=graph,
-        normalization=layer_normalization(adata, layer),
-        max_epochs=max_epochs,
-        device=device,
-        random_state=random_state,
-        **method_kwargs,
-    )
+    out = None
+    if to_file:
+        out = np.lib.format.open_memmap(filename, mode="w+", dtype=np.float32, shape=(adata.n_obs, adata.n_vars))
+        method_kwargs["out"] = out
+    try:
+        result: ImputeResult = runner(
+            X,
+            counts,
+            provided_graph=graph,
+            normalization=layer_normalization(adata, layer),
+            max_epochs=max_epochs,
+            device=device,
+            random_state=random_state,
+            **method_kwargs,
+        )
+    except BaseException:
+        if out is not None:
+            del out, method_kwargs["out"]
+            filename.unlink(missing_ok=True)
+        raise
+    if filename is not None and out is None:
+        out = np.lib.format.open_memmap(filename, mode="w+", dtype=np.float32, shape=(adata.n_obs, adata.n_vars))
+        out[...] = result.imputed
+        result.imputed = out
+    if out is not None:
+        out.flush()
+        result.imputed = out.view(np.ndarray)
     runtime = time.perf_counter() - t0
 
     from .. import __version__
@@ -254,6 +332,7 @@ def impute(
             "graph_key": graph_key,
             "max_epochs": max_epochs,
             "random_state": random_state,
+            "filename": None if filename is None else str(filename),
             **result.params,
         }
     )

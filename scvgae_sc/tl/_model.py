@@ -18,7 +18,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import connectivities_key, latent_key
-from .._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns
+from .._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns, to_dense_array
 
 #: Version of the on-disk format (``major.minor``). A reader refuses a newer major or minor version; a minor
 #: bump adds fields an older reader could ignore, a major one changes their meaning.
@@ -301,10 +301,14 @@ class ImputationModel:
             if self.method == "scvgae":
                 from ._scvgae import predict_scvgae, scvgae_input
 
-                x = dense_tensor(scvgae_input(X, pk["transform"]), dev)
-                if hasattr(module, "reset_cache"):
-                    module.reset_cache()
-                imputed, latent = predict_scvgae(module, x, edge_index, edge_weight, graph=self.graph, **pk)
+                if pk.get("batching") == "subgraph":  # chunk by chunk from the host copy
+                    x = to_dense_array(scvgae_input(X, pk["transform"]), np.float32)
+                    imputed, latent = predict_scvgae(module, x, None, None, graph=self.graph, device=dev, **pk)
+                else:
+                    x = dense_tensor(scvgae_input(X, pk["transform"]), dev)
+                    if hasattr(module, "reset_cache"):
+                        module.reset_cache()
+                    imputed, latent = predict_scvgae(module, x, edge_index, edge_weight, graph=self.graph, **pk)
             else:
                 from ._gnnimpute import gnnimpute_input, predict_gnnimpute
 
