@@ -65,6 +65,8 @@ ABLATIONS = {
     "no calibration to the input scale": {"calibrate": False, "output": "recon"},
     "add-back scale starts at 0.1": {"add_back_init": 0.1},
     "bf16": {"precision": "bf16"},
+    "subgraph mini-batches": {"batching": "subgraph"},
+    "subgraph mini-batches, bf16": {"batching": "subgraph", "precision": "bf16"},
 }
 
 #: GNNImpute variants (``--ablation --method gnnimpute``).
