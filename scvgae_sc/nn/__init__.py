@@ -1,8 +1,22 @@
 """Torch modules, losses and the training loop (tensors only; no AnnData in here)."""
 
+from ._distributed import init_from_env, is_distributed, rank, world_size
 from ._gnnimpute import GNNImputeModule
 from ._scvgae import SCVGAE, scvgae_loss
 from ._trainer import Trainer, resolve_device
 from ._zinb import masked_mean, nb_nll, zinb_nll
 
-__all__ = ["GNNImputeModule", "SCVGAE", "Trainer", "masked_mean", "nb_nll", "resolve_device", "scvgae_loss", "zinb_nll"]
+__all__ = [
+    "GNNImputeModule",
+    "SCVGAE",
+    "Trainer",
+    "init_from_env",
+    "is_distributed",
+    "masked_mean",
+    "nb_nll",
+    "rank",
+    "resolve_device",
+    "scvgae_loss",
+    "world_size",
+    "zinb_nll",
+]

@@ -1,4 +1,4 @@
-"""A small, general training loop shared by every model: Adam, history, early stopping, seeding, bf16."""
+"""A small, general training loop shared by every model: Adam, history, early stopping, seeding, bf16, DDP."""
 
 from __future__ import annotations
 
@@ -75,6 +75,10 @@ def _seed(random_state: int) -> None:
     torch.manual_seed(random_state)
 
 
+#: Returned through DDP's forward when a training step's generator is exhausted.
+_DONE = object()
+
+
 def _as_components(result: Components | torch.Tensor) -> Components:
     if isinstance(result, torch.Tensor):
         return {"loss": result}
@@ -88,6 +92,21 @@ class Trainer:
 
     The trainer knows nothing about the model: the caller passes a ``train_step`` that computes the loss,
     so the same loop serves scVGAE, GNNImpute, mini-batch and data-parallel training.
+
+    **Data-parallel training.** When a :mod:`torch.distributed` process group with more than one process is
+    initialized (e.g. by :func:`~scvgae_sc.nn.init_from_env` under ``torchrun``), :meth:`fit` wraps the module in
+    :class:`~torch.nn.parallel.DistributedDataParallel` (DDP): construction broadcasts rank 0's parameters and
+    buffers, so every rank starts equal, and the gradients of every optimizer step are averaged across ranks in
+    the backward pass (bucketed all-reduces overlapping the computation). Training steps may call any pieces of the
+    model (``encoder_input``, ``decode``, ...) rather than its ``forward``: DDP only prepares its reduction for
+    what runs inside the wrapper's forward, so the trainer runs each step — the ``train_step`` call and each item
+    of its generator — as the forward of a thin wrapper module. Each rank's ``train_step`` must produce its own
+    share of the data and **the same number of batches per epoch on every rank**, and an iterable step must be a
+    lazy generator (each item computed when it is requested). The loss components in the history and the
+    validation loss are averaged across ranks, so histories and early-stopping decisions are the same on every
+    rank. BatchNorm running statistics are each rank's own during training and are averaged across ranks before
+    each validation and at the end of :meth:`fit` (evaluation uses them). Dropout draws from each rank's torch
+    generator, seeded alike on every rank. Progress bars show on rank 0 only.
 
     Parameters
     ----------
@@ -117,6 +136,12 @@ class Trainer:
         Clip the gradients' global norm to this value (``None``: no clipping).
     restore_best_weights
         Load the best epoch's weights at the end; defaults to ``early_stopping``.
+    accumulate_grad_batches
+        Step the optimizer every ``k`` batches yielded by the training step, with the summed gradients of
+        ``loss / k`` (the mean gradient of the ``k`` batches); an epoch's last, incomplete group is stepped with the
+        mean over its batches (groups do not span epochs). One process with ``k`` consecutive batches per step
+        follows the same trajectory as ``k`` processes each given one of them (up to the order of floating-point
+        sums). Under DDP the gradients are reduced across ranks once per group.
 
     Attributes
     ----------
@@ -140,6 +165,7 @@ class Trainer:
         precision: Literal["32", "bf16"] = "32",
         gradient_clip_val: float | None = None,
         restore_best_weights: bool | None = None,
+        accumulate_grad_batches: int = 1,
     ) -> None:
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}.")
@@ -147,6 +173,12 @@ class Trainer:
             raise ValueError(f"max_epochs must be >= 0, got {max_epochs}.")
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}.")
+        if (
+            not isinstance(accumulate_grad_batches, int | np.integer)
+            or isinstance(accumulate_grad_batches, bool)
+            or accumulate_grad_batches < 1
+        ):
+            raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}.")
         self.device = resolve_device(device)
         self.module = module.to(self.device)
         self.lr = float(lr)
@@ -160,8 +192,12 @@ class Trainer:
         self.precision = precision
         self.gradient_clip_val = gradient_clip_val
         self.restore_best_weights = early_stopping if restore_best_weights is None else bool(restore_best_weights)
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         self.history: dict[str, Any] = {}
+        #: The DistributedDataParallel wrapper the steps run through (made by the first distributed :meth:`fit`).
+        self._ddp: nn.parallel.DistributedDataParallel | None = None
+        self._distributed = False
 
     # ------------------------------------------------------------------ helpers
     def autocast(self) -> Any:
@@ -187,9 +223,32 @@ class Trainer:
     def _state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
-    def _step(self, components: Components) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        components["loss"].backward()
+    def _sync_owner(self) -> nn.parallel.DistributedDataParallel | None:
+        """The DDP object whose ``no_sync`` governs gradient reduction (ours, or a wrapper the caller passed)."""
+        if not self._distributed:
+            return None
+        if isinstance(self.module, nn.parallel.DistributedDataParallel):
+            return self.module
+        return self._ddp
+
+    def _forward(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """``fn(module)`` under the precision's autocast, as the forward of the DDP wrapper when data-parallel."""
+        with self.autocast():
+            if self._distributed and self._ddp is not None:
+                return self._ddp(fn)
+            return fn(self.module)
+
+    def _optimizer_step(self, pending: int, synced: bool) -> None:
+        """Step with the gradients of ``pending`` accumulated batches (reduced across ranks unless ``synced``)."""
+        k = self.accumulate_grad_batches
+        if self._distributed and not synced:
+            from ._distributed import all_reduce_gradients
+
+            all_reduce_gradients(self.module.parameters())
+        if pending < k:  # an incomplete group at the end of the epoch: the mean over its batches
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(k / pending)
         if self.gradient_clip_val is not None:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.gradient_clip_val)
         self.optimizer.step()
@@ -197,38 +256,91 @@ class Trainer:
     def _train_epoch(self, train_step: Callable[[nn.Module, int], StepResult], epoch: int) -> dict[str, float]:
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
+        pending = 0  # batches whose gradients wait for the optimizer step
+        k = self.accumulate_grad_batches
+        ddp = self._sync_owner()
 
-        def record(result: Components | torch.Tensor) -> None:
-            nonlocal n_steps
+        def sync_context() -> Any:
+            # DDP reduces the gradients in the backward pass of the batch that completes a group of k
+            return ddp.no_sync() if ddp is not None and pending + 1 < k else nullcontext()
+
+        def backward(result: Components | torch.Tensor) -> None:
+            nonlocal n_steps, pending
             components = _as_components(result)
-            self._step(components)
-            for k, v in components.items():
+            if pending == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            loss = components["loss"]
+            (loss / k if k > 1 else loss).backward()
+            pending += 1
+            for name, v in components.items():
                 v = v.detach().float()
-                sums[k] = sums[k] + v if k in sums else v
+                sums[name] = sums[name] + v if name in sums else v
             n_steps += 1
 
-        with self.autocast():
-            result = train_step(self.module, epoch)
-        if isinstance(result, torch.Tensor | Mapping):
-            record(result)
+        def maybe_step() -> None:
+            nonlocal pending
+            if pending == k:
+                self._optimizer_step(pending, synced=True)
+                pending = 0
+
+        with sync_context():
+            result = self._forward(lambda module: train_step(module, epoch))
+            single = isinstance(result, torch.Tensor | Mapping)
+            if single:
+                backward(result)
+        if single:
+            maybe_step()
         else:
             iterator: Iterator = iter(result)
             while True:
-                with self.autocast():
-                    try:
-                        batch = next(iterator)
-                    except StopIteration:
+                with sync_context():
+                    batch = self._forward(lambda module: next(iterator, _DONE))
+                    if batch is _DONE:
                         break
-                record(batch)
+                    backward(batch)
+                maybe_step()
+        if pending:
+            self._optimizer_step(pending, synced=False)
+        if self._distributed:
+            return self._reduce_epoch(sums, n_steps, epoch)
         if n_steps == 0:
             raise ValueError(f"train_step yielded no batch in epoch {epoch}.")
-        return {k: float(v) / n_steps for k, v in sums.items()}
+        return {name: float(v) / n_steps for name, v in sums.items()}
+
+    def _reduce_epoch(self, sums: dict[str, torch.Tensor], n_steps: int, epoch: int) -> dict[str, float]:
+        """Means of the loss components over the batches of all ranks (one all-reduce)."""
+        from ._distributed import world_size
+
+        names = sorted(sums)
+        values = [sums[name].double().to(self.device) for name in names]
+        counts = torch.tensor([float(n_steps), 1.0], dtype=torch.float64, device=self.device)
+        totals = torch.cat([torch.stack(values), counts]) if values else counts
+        torch.distributed.all_reduce(totals, op=torch.distributed.ReduceOp.SUM)
+        total_steps, n_ranks = float(totals[-2]), int(totals[-1])
+        if total_steps != n_steps * n_ranks or n_ranks != world_size():
+            raise RuntimeError(
+                f"Ranks ran different numbers of batches in epoch {epoch} ({n_steps} here, {total_steps:g} in all "
+                f"over {n_ranks} ranks): every rank's train_step must yield the same number of batches."
+            )
+        if n_steps == 0:
+            raise ValueError(f"train_step yielded no batch in epoch {epoch}.")
+        return {name: float(totals[i]) / total_steps for i, name in enumerate(names)}
 
     def _validate(self, val_step: Callable[[nn.Module], Components | torch.Tensor]) -> dict[str, float]:
+        if self._distributed:
+            from ._distributed import average_buffers
+
+            average_buffers(self.module)
         self.module.eval()
         with torch.no_grad(), self.autocast():
             components = _as_components(val_step(self.module))
-        return {k: float(v.detach().float()) for k, v in components.items()}
+        if not self._distributed:
+            return {k: float(v.detach().float()) for k, v in components.items()}
+        from ._distributed import all_reduce_mean
+
+        names = sorted(components)
+        values = all_reduce_mean(torch.stack([components[k].detach().double().to(self.device) for k in names]))
+        return {k: float(values[i]) for i, k in enumerate(names)}
 
     # ---------------------------------------------------------------------- fit
     def fit(
@@ -267,6 +379,11 @@ class Trainer:
         FloatingPointError
             When the loss becomes NaN or infinite (best weights restored first, when enabled).
         """
+        from ._distributed import is_distributed, rank, wrap
+
+        self._distributed = is_distributed()
+        if self._distributed and self._ddp is None and not isinstance(self.module, nn.parallel.DistributedDataParallel):
+            self._ddp = wrap(self.module, self.device)  # broadcasts rank 0's parameters and buffers
         if self.random_state is not None:
             _seed(int(self.random_state))
         monitor = "val_loss" if val_step is not None else "loss"
@@ -281,7 +398,8 @@ class Trainer:
             if self.restore_best_weights and best_state is not None:
                 self.module.load_state_dict(best_state)
 
-        bar = tqdm(range(self.max_epochs), desc="Training", unit="epoch", disable=not self.progress_bar)
+        show = self.progress_bar and rank() == 0
+        bar = tqdm(range(self.max_epochs), desc="Training", unit="epoch", disable=not show)
         try:
             for epoch in bar:
                 self.module.train()
@@ -328,4 +446,8 @@ class Trainer:
         finally:
             bar.close()
         finish()
+        if self._distributed:
+            from ._distributed import average_buffers
+
+            average_buffers(self.module)
         return history

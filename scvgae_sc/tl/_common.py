@@ -69,17 +69,49 @@ def dense_tensor(X, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(to_dense_array(X, np.float32)).to(device)
 
 
-def split_batches(order: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+def split_batches(
+    order: torch.Tensor, batch_size: int, *, world_size: int = 1, rank: int = 0
+) -> tuple[torch.Tensor, ...]:
     """``order.split(batch_size)``, with a last batch of one cell merged into the one before.
 
     BatchNorm cannot train on a single cell (``n_cells % batch_size == 1``, e.g. 1,025 cells in batches of 512).
+    With ``world_size > 1``: this rank's batches of :func:`sharded_batches` (the same number on every rank).
     """
+    if world_size > 1:
+        return tuple(step[rank] for step in sharded_batches(order, batch_size, world_size))
     batches = order.split(batch_size)
     if len(batches) > 1 and len(batches[-1]) == 1:
         import torch
 
         batches = (*batches[:-2], torch.cat(batches[-2:]))
     return batches
+
+
+def sharded_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[tuple[torch.Tensor, ...]]:
+    """An epoch's batches for data-parallel training: a list of steps, each a tuple of one batch per rank.
+
+    ``order`` (the epoch's permutation of the cells, the same on every rank) is cut into ``world_size × k``
+    consecutive parts of almost equal size (:func:`numpy.array_split`'s rule), ``k = ceil(n / (world_size ×
+    batch_size))``, so every rank gets ``k`` batches of at most ``batch_size`` cells and every cell is in one batch;
+    step ``i`` gives rank ``r`` part ``i · world_size + r`` (rank ``r`` takes parts ``r, r + world_size, ...``).
+    ``batch_size`` is thus per rank: an epoch makes about ``world_size`` times fewer optimizer steps, each
+    averaging ``world_size`` batches. ``k`` is lowered where needed so that no part has fewer than 2 cells
+    (BatchNorm).
+
+    Raises
+    ------
+    ValueError
+        When there are fewer than ``2 · world_size`` cells.
+    """
+    n = int(order.shape[0])
+    if n < 2 * world_size:
+        raise ValueError(
+            f"{n} cells cannot be shared by {world_size} processes (each needs batches of at least 2 cells); "
+            "start fewer processes."
+        )
+    k = min(-(-n // (world_size * batch_size)), n // (2 * world_size))
+    parts = order.tensor_split(world_size * k)
+    return [tuple(parts[i * world_size : (i + 1) * world_size]) for i in range(k)]
 
 
 def progress_enabled(progress_bar: bool | None) -> bool:

@@ -290,9 +290,15 @@ def run_gnnimpute(
     import torch
     import torch.nn.functional as F
 
-    from ..nn import GNNImputeModule, Trainer, resolve_device
+    from ..nn import GNNImputeModule, Trainer, rank, resolve_device, world_size
 
     dev = resolve_device(device)
+    if world_size() > 1 and rank() == 0:
+        logg.warning(
+            f"GNNImpute trains on the whole graph, one step per epoch: each of the {world_size()} processes runs the "
+            "same step (gradients averaged, the result is that of one process), so several processes do not make "
+            "it faster. Use one process, or method='scvgae' for data-parallel training."
+        )
     if normalization != "total":
         how = f"was made by normalize(method={normalization!r})" if normalization else "has an unknown normalization"
         logg.warning(

@@ -165,6 +165,16 @@ def impute(
     Do not use imputed values for differential expression or gene–gene correlation: imputation
     borrows information across cells and genes, so such tests would count it twice.
 
+    Several GPUs or machines: start the script that calls this function with ``torchrun`` (e.g.
+    ``torchrun --nproc_per_node=4 script.py``). Each process loads the same data and calls :func:`impute`
+    with the same arguments; the function joins the process group (:func:`scvgae_sc.nn.init_from_env`), and
+    scVGAE's training batches are shared among the processes with their gradients averaged
+    (:class:`~torch.nn.parallel.DistributedDataParallel`; ``batch_size`` counts per process). Every process
+    ends with the same result: write files from rank 0 only (``sv.nn.rank() == 0``). GNNImpute trains on the
+    whole graph in one step per epoch, so every process runs the same step (correct, not faster).
+    ``filename`` is refused with several processes. ``uns[key]["params"]["world_size"]`` records the number
+    of processes.
+
     Parameters
     ----------
     adata
@@ -185,7 +195,9 @@ def impute(
         Maximum training epochs (``None``: the method's default, 100 for scVGAE, 3000 for
         GNNImpute with early stopping).
     device
-        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... Under ``torchrun``
+        (data-parallel training, see below), ``"auto"`` and ``"cuda"`` mean each process's own GPU
+        (``cuda:LOCAL_RANK``).
     random_state
         Seed of everything random (weights, dropout, splits, masks). CPU runs with the same seed give
         identical results.
@@ -256,9 +268,15 @@ def impute(
     graph = graph_from_key(adata, graph_key) if graph_key is not None else None
     if not isinstance(return_model, bool | np.bool_):
         raise TypeError(f"return_model must be True or False, got {return_model!r}.")
-    from ..nn import resolve_device
+    from ..nn import init_from_env, world_size
 
-    dev = resolve_device(device)
+    dev = init_from_env(device)  # under torchrun: joins the process group; this rank's device
+    n_ranks = world_size()
+    if filename is not None and n_ranks > 1:
+        raise ValueError(
+            f"filename= is not supported with {n_ranks} processes (every rank would write the same file); "
+            "impute into memory and write the result from rank 0, or run as one process."
+        )
     if filename is not None:
         if not isinstance(filename, str | os.PathLike):
             raise TypeError(f"filename must be a path or None, got {type(filename).__name__}.")
@@ -299,7 +317,7 @@ def impute(
             provided_graph=graph,
             normalization=layer_normalization(adata, layer),
             max_epochs=max_epochs,
-            device=device,
+            device=dev,
             random_state=random_state,
             **method_kwargs,
         )
@@ -333,6 +351,7 @@ def impute(
             "max_epochs": max_epochs,
             "random_state": random_state,
             "filename": None if filename is None else str(filename),
+            "world_size": n_ranks,
             **result.params,
         }
     )

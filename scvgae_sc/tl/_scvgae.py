@@ -330,7 +330,7 @@ def run_scvgae(
 
     import torch
 
-    from ..nn import SCVGAE, Trainer, masked_mean, resolve_device, scvgae_loss
+    from ..nn import SCVGAE, Trainer, masked_mean, rank, resolve_device, scvgae_loss, world_size
 
     dev = resolve_device(device)
     transform = opts["transform"]
@@ -457,6 +457,7 @@ def run_scvgae(
         observed = x > 0
         gen = torch.Generator(device=dev)
         gen.manual_seed(0 if random_state is None else int(random_state))
+        n_ranks, this_rank = world_size(), rank()  # data-parallel: each rank trains on its share of the batches
 
         def batch_loss(module, x_in, hidden, rows):
             out = module(x_in, edge_index, edge_weight, rows=rows)
@@ -473,10 +474,11 @@ def run_scvgae(
                 x_in = x.masked_fill(hidden, 0.0)
             else:
                 hidden, x_in = None, x
-            if batch_size >= n_cells:
+            if batch_size >= n_cells and n_ranks == 1:
                 return batch_loss(module, x_in, hidden, None)
-            order = torch.randperm(n_cells, generator=gen, device=dev)
-            return (batch_loss(module, x_in, hidden, rows) for rows in split_batches(order, batch_size))
+            order = torch.randperm(n_cells, generator=gen, device=dev)  # the same on every rank
+            batches = split_batches(order, batch_size, world_size=n_ranks, rank=this_rank)
+            return (batch_loss(module, x_in, hidden, rows) for rows in batches)
 
         history = trainer.fit(train_step)
         del c, sf

@@ -208,13 +208,20 @@ def subgraph_train_step(
     batch refreshes its own rows, so a neighbour's latent is at most one epoch old.
     ``counts`` is ``None`` when the ZINB term models the input itself (``zinb_target="normalized"``).
     ``loss_fn(out, x_rows, counts_rows, sf_rows, hidden_rows)`` returns the loss components.
+
+    Data-parallel (a process group with several ranks): all ranks draw the same masks and permutation (the same
+    ``rng``), each trains on its share of every step's cells (:func:`~._common.sharded_batches`), and the batch
+    latents of all ranks are gathered into every rank's history, which thus stays the same on every rank.
     """
     import torch
 
-    from ._common import split_batches
+    from ..nn import rank, world_size
+    from ..nn._distributed import all_gather_rows
+    from ._common import sharded_batches, split_batches
 
     n = x.shape[0]
     state: dict[str, Any] = {}
+    n_ranks, this_rank = world_size(), rank()
 
     def train_step(mod, epoch: int):
         hidden = hide_entries(x, x_in, mask_rate, rng) if mask_rate > 0 else None
@@ -223,8 +230,13 @@ def subgraph_train_step(
         if "history" not in state:
             # every cell's latent before the first step; later each batch refreshes its own rows
             state["history"], _ = embed(mod, sampler, x_in, device, chunk)
-        order = rng.permutation(n)
-        for rows_t in split_batches(torch.from_numpy(order), batch_size):
+        order = torch.from_numpy(rng.permutation(n))
+        if n_ranks > 1:
+            steps = sharded_batches(order, batch_size, n_ranks)
+        else:
+            steps = [(rows_t,) for rows_t in split_batches(order, batch_size)]
+        for step_rows in steps:
+            rows_t = step_rows[this_rank]
             rows = rows_t.numpy()
             r = rows_t.to(device)
             pre = mod.encoder_input(_to(sampler.propagate(rows, x_in), device))
@@ -238,7 +250,12 @@ def subgraph_train_step(
                 h_rows = z_rows
             out = mod.decode(h_rows, z_rows, _to(x_in[rows], device), r)
             with torch.no_grad():
-                state["history"][r] = z_rows.detach().float()
+                if n_ranks > 1:  # every rank's batch latents into every rank's history
+                    gathered = all_gather_rows(z_rows.detach().float(), [len(b) for b in step_rows])
+                    for rows_b, z_b in zip(step_rows, gathered, strict=True):
+                        state["history"][rows_b.to(device)] = z_b
+                else:
+                    state["history"][r] = z_rows.detach().float()
             c_rows = _to(counts[rows].toarray(), device) if counts is not None else None
             sf_rows = _to(sf[rows], device) if sf is not None else None
             hid = _to(hidden[rows], device) if hidden is not None else None
