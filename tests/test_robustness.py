@@ -440,15 +440,15 @@ def test_interrupt_mid_training_leaves_adata_untouched(toy_counts, monkeypatch, 
     sv.pp.normalize(toy_counts, method="total", key_added="total")
     toy_counts.raw = toy_counts.copy()
     steps = []
-    original = Trainer._step
+    original = Trainer._optimizer_step
 
-    def step_then_interrupt(self, components):
-        original(self, components)
+    def step_then_interrupt(self, *args, **kwargs):
+        original(self, *args, **kwargs)
         steps.append(1)
         if len(steps) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_interrupt)
     before = State(toy_counts)
     opts = {"batch_size": 64} if method == "scvgae" else {}
     with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():

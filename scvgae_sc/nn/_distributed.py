@@ -212,3 +212,15 @@ def all_gather_rows(rows: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     out = [torch.empty_like(padded) for _ in sizes]
     torch.distributed.all_gather(out, padded)
     return [t[:size] for t, size in zip(out, sizes, strict=True)]
+
+
+def shared_seed() -> int:
+    """A fresh random seed drawn on rank 0 and sent to every rank (what ``random_state=None`` means across ranks).
+
+    Every rank must draw the same masks, batches and splits; seeds drawn independently would differ.
+    """
+    import secrets
+
+    seed = [secrets.randbits(31)]
+    torch.distributed.broadcast_object_list(seed, src=0)
+    return int(seed[0])

@@ -170,10 +170,10 @@ def impute(
     with the same arguments; the function joins the process group (:func:`scvgae_sc.nn.init_from_env`), and
     scVGAE's training batches are shared among the processes with their gradients averaged
     (:class:`~torch.nn.parallel.DistributedDataParallel`; ``batch_size`` counts per process). Every process
-    ends with the same result: write files from rank 0 only (``sv.nn.rank() == 0``). GNNImpute trains on the
-    whole graph in one step per epoch, so every process runs the same step (correct, not faster).
-    ``filename`` is refused with several processes. ``uns[key]["params"]["world_size"]`` records the number
-    of processes.
+    ends with the same result: write files from rank 0 only (``scvgae_sc.nn.rank() == 0``). GNNImpute
+    trains on the whole graph in one step per epoch, so every process runs the same step (correct, not
+    faster). ``filename`` is refused with several processes. ``uns[key]["params"]["world_size"]`` records
+    the number of processes. See the large-data tutorial, "Several GPUs or machines".
 
     Parameters
     ----------
@@ -272,6 +272,11 @@ def impute(
 
     dev = init_from_env(device)  # under torchrun: joins the process group; this rank's device
     n_ranks = world_size()
+    run_seed = random_state
+    if n_ranks > 1 and random_state is None:  # every rank must draw the same graph, masks, batches and splits
+        from ..nn._distributed import shared_seed
+
+        run_seed = shared_seed()
     if filename is not None and n_ranks > 1:
         raise ValueError(
             f"filename= is not supported with {n_ranks} processes (every rank would write the same file); "
@@ -318,7 +323,7 @@ def impute(
             normalization=layer_normalization(adata, layer),
             max_epochs=max_epochs,
             device=dev,
-            random_state=random_state,
+            random_state=run_seed,
             **method_kwargs,
         )
     except BaseException:

@@ -3,8 +3,8 @@
 ``python -m torch.distributed.run --nproc-per-node=2 ... tests/nn/_ddp_worker.py OUT_DIR`` runs, on each rank,
 
 * Trainer-level training of a small SCVGAE without dropout on a fixed sequence of batches, each rank taking
-  its share (rank ``r`` the batches ``r, r + world, ...`` of each epoch), once through the module's ``forward``
-  and once through its pieces (``encoder_input`` / ``latent_from_input`` / ``decode``);
+  its share (rank ``r`` the batches ``r, r + world, ...`` of each epoch), through the module's ``forward`` and
+  through its pieces (``encoder_input`` / ``latent_from_input`` / ``decode``), and with gradient accumulation;
 * ``tl.impute`` on pbmc68k: scVGAE with ``batching="full"`` and ``"subgraph"``, and GNNImpute,
 
 and saves what each rank got under ``OUT_DIR``. The test imports this file for the single-process reference
@@ -22,9 +22,13 @@ import torch
 
 N_CELLS, N_GENES, BATCH, EPOCHS = 64, 20, 8, 3
 LR = 1e-2
+#: (variant, accumulate_grad_batches on each rank): k = 3 on 4 batches per rank and epoch also takes the path of an
+#: epoch's incomplete last group (its gradients all-reduced outside DDP's backward).
+TRAINER_RUNS = (("forward", 1), ("pieces", 1), ("forward", 3))
 IMPUTE_KW = {"max_epochs": 2, "progress_bar": False, "random_state": 0, "device": "cpu"}
 SCVGAE_KW = {"batch_size": 128, "hidden": 16, "decoder_hidden": 32}
 GNNIMPUTE_KW = {"hidden": 32, "latent": 8}
+IMPUTE_RUNS = ("full", "subgraph", "unseeded", "gnnimpute")
 
 
 def make_data() -> dict[str, torch.Tensor]:
@@ -90,14 +94,21 @@ def prepared_pbmc68k():
     return adata
 
 
-def impute_all(adata, runs: tuple[str, ...] = ("full", "subgraph", "gnnimpute")) -> dict[str, np.ndarray]:
-    """``tl.impute`` runs; their layers, latents, histories and world sizes as a flat dict of arrays."""
+def impute_all(adata, runs: tuple[str, ...] = IMPUTE_RUNS) -> dict[str, np.ndarray]:
+    """``tl.impute`` runs; their layers, latents, histories and world sizes as a flat dict of arrays.
+
+    ``"full"`` / ``"subgraph"``: scVGAE with that batching; ``"unseeded"``: scVGAE on subgraphs with
+    ``random_state=None`` and its own graph (ranks must still agree); ``"gnnimpute"``.
+    """
     import scvgae_sc as sv
 
     out = {}
     for name in runs:
         if name == "gnnimpute":
             sv.tl.impute(adata, method="gnnimpute", layer="total", key_added=name, **IMPUTE_KW, **GNNIMPUTE_KW)
+        elif name == "unseeded":
+            kw = {**IMPUTE_KW, **SCVGAE_KW, "batching": "subgraph", "random_state": None}
+            sv.tl.impute(adata, method="scvgae", key_added=name, **kw)
         else:
             kw = {**IMPUTE_KW, **SCVGAE_KW, "batching": name}
             sv.tl.impute(adata, method="scvgae", graph_key="cell_graph", key_added=name, **kw)
@@ -121,9 +132,9 @@ def main(out_dir: str) -> None:
     r, w = rank(), world_size()
     out = Path(out_dir)
     t0 = time.perf_counter()
-    for variant in ("forward", "pieces"):
-        state, history = train(variant, world=w, rank=r, accumulate=1)
-        torch.save({"state": state, "loss": history["loss"]}, out / f"trainer_{variant}_rank{r}.pt")
+    for variant, k in TRAINER_RUNS:
+        state, history = train(variant, world=w, rank=r, accumulate=k)
+        torch.save({"state": state, "loss": history["loss"]}, out / f"trainer_{variant}_k{k}_rank{r}.pt")
     t1 = time.perf_counter()
     adata = prepared_pbmc68k()
     results = impute_all(adata)

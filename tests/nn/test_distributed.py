@@ -24,13 +24,19 @@ from scvgae_sc.tl._common import sharded_batches, split_batches
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 TIMEOUT_S = 300  # a hung collective fails the test instead of blocking CI
-#: Tolerance on parameters, two ranks vs one process accumulating two batches. With two ranks the only difference
-#: is how the two batch gradients are averaged: DDP sums them then divides by 2, accumulation adds the halves.
-#: In binary floating point both are exact (halving is exact, a + b is the same rounding either way), so the
-#: parameters are expected bit-identical — measured: max |difference| 0.0 on every parameter, and history losses
-#: within 1e-7 relative (float64 sums over ranks against float32 sums in one process). 1e-6 leaves room for a
-#: backend that sums in another order (one rounding of values of order 1 per step, 12 Adam steps).
-ATOL = 1e-6
+#: Tolerance on parameters, two ranks vs one process that accumulates their batches. The two differ only in the
+#: order of the float32 sums that average the batch gradients. With one batch per rank and step it is exact: DDP
+#: computes (g0 + g1) / 2, accumulation g0 / 2 + g1 / 2, equal in binary floating point (halving is exact) —
+#: measured max |difference| 0.0 on every parameter. With k = 3 batches per rank and step, ((g0 + g2 + g4) / 3 +
+#: (g1 + g3 + g5) / 3) / 2 against the running sum of g_i / 6 differ by about one rounding (1e-7 relative) per
+#: step; after 12 Adam steps of lr 1e-2 the measured max |difference| is 6.4e-7. 1e-5 is 15 times that and a
+#: thousandth of one step: a missing or wrong reduction moves parameters by about lr per step and fails.
+ATOL = 1e-5
+#: Parameters whose exact gradient is zero, left out of the comparison: the bias of the decoder's Linear layer right
+#: before its BatchNorm, which subtracts it again. Its computed gradient is rounding noise that Adam scales to
+#: steps of about lr, so it drifts differently on the two sides (0.037 measured with k = 3; bit-identical with
+#: k = 1) without changing what the model computes.
+NO_GRADIENT = {"decoder.0.bias"}
 
 
 def _load_worker():
@@ -156,23 +162,25 @@ def test_accumulate_grad_batches_validated(bad):
 
 
 # ------------------------------------------------------------------------------------------ two processes
-@pytest.mark.parametrize("variant", ["forward", "pieces"])
-def test_two_ranks_equal_one_process_accumulating_two_batches(two_ranks, variant):
-    """Rank r trains on batches r, r + 2, ... of each epoch; one process steps every 2 batches of the same order."""
-    ranks = [torch.load(f) for f in _rank_files(two_ranks, f"trainer_{variant}_rank{{}}.pt")]
-    for k, v in ranks[0]["state"].items():  # every parameter and (averaged) buffer the same on both ranks
-        assert torch.equal(v, ranks[1]["state"][k]), k
+@pytest.mark.parametrize(("variant", "k"), worker.TRAINER_RUNS)
+def test_two_ranks_equal_one_process_accumulating_their_batches(two_ranks, variant, k):
+    """Rank r trains on batches r, r + 2, ... of each epoch, stepping every k of its batches; one process steps
+    every 2k batches of the same order (the incomplete last group of an epoch included)."""
+    ranks = [torch.load(f) for f in _rank_files(two_ranks, f"trainer_{variant}_k{k}_rank{{}}.pt")]
+    for name, v in ranks[0]["state"].items():  # every parameter and (averaged) buffer the same on both ranks
+        assert torch.equal(v, ranks[1]["state"][name]), name
     assert ranks[0]["loss"] == ranks[1]["loss"]
 
-    reference, history = worker.train(variant, world=1, rank=0, accumulate=2)
+    reference, history = worker.train(variant, world=1, rank=0, accumulate=2 * k)
     params = [name for name, _ in SCVGAE(4, 3, hidden=2, decoder_hidden=2).named_parameters()]
-    diffs = {k: float((ranks[0]["state"][k] - reference[k]).abs().max()) for k in params}
-    print(f"{variant}: max |two ranks - one process| over parameters = {max(diffs.values()):.3g}")
+    params = [name for name in params if name not in NO_GRADIENT]
+    diffs = {name: float((ranks[0]["state"][name] - reference[name]).abs().max()) for name in params}
+    print(f"{variant}, k={k}: max |two ranks - one process| over parameters = {max(diffs.values()):.3g}")
     assert max(diffs.values()) <= ATOL, diffs
     np.testing.assert_allclose(ranks[0]["loss"], history["loss"], rtol=1e-6)
-    # the comparison can fail: stepping after every batch (twice the steps) ends far from both
-    alone, _ = worker.train(variant, world=1, rank=0, accumulate=1)
-    assert max(float((alone[k] - reference[k]).abs().max()) for k in params) > 1e-3
+    # the comparison can fail: stepping twice as often ends far from both
+    other, _ = worker.train(variant, world=1, rank=0, accumulate=k)
+    assert max(float((other[name] - reference[name]).abs().max()) for name in params) > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +188,7 @@ def impute_ranks(two_ranks) -> list[dict[str, np.ndarray]]:
     return [dict(np.load(f)) for f in _rank_files(two_ranks, "impute_rank{}.npz")]
 
 
-@pytest.mark.parametrize("run", ["full", "subgraph", "gnnimpute"])
+@pytest.mark.parametrize("run", worker.IMPUTE_RUNS)
 def test_impute_under_torchrun_gives_every_rank_the_same_result(impute_ranks, run):
     r0, r1 = impute_ranks
     keys = sorted(k for k in r0 if k.startswith(f"{run}/"))
