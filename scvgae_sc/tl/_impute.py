@@ -27,9 +27,10 @@ DENSE_COPIES = {"scvgae": 20, "gnnimpute": 28}
 DENSE_COPIES_HOST = 4
 
 
-#: scVGAE with ``batching="subgraph"``: the input, its masked copy, the masks and the output (one copy less
-#: when the output goes to a file); activations are per batch.
-DENSE_COPIES_SUBGRAPH = 4
+#: With ``batching="subgraph"``: scVGAE holds the input, its masked copy, the masks and the output (one copy less
+#: when the output goes to a file); GNNImpute also the target and a whole-graph validation and prediction pass.
+#: Activations are per batch.
+DENSE_COPIES_SUBGRAPH = {"scvgae": 4, "gnnimpute": 8}
 
 
 def impute_memory(
@@ -37,7 +38,7 @@ def impute_memory(
 ) -> float:
     """Estimated peak host memory (bytes) of :func:`impute` on ``n_obs`` × ``n_vars``."""
     if batching == "subgraph":
-        copies = DENSE_COPIES_SUBGRAPH - (1 if to_file else 0)
+        copies = DENSE_COPIES_SUBGRAPH[method] - (1 if to_file else 0)
     else:
         copies = DENSE_COPIES[method] if device_type == "cpu" else DENSE_COPIES_HOST
     return float(copies) * n_obs * n_vars * 4
@@ -45,10 +46,10 @@ def impute_memory(
 
 def choose_batching(
     method: str, requested: Any, n_obs: int, n_vars: int, device_type: str, budget: float | None
-) -> str | None:
-    """Resolve scVGAE's ``batching="auto"``: subgraphs when full batch does not fit ``budget`` or is too slow."""
-    if method != "scvgae" or requested != "auto":
-        return requested if method == "scvgae" else None
+) -> str:
+    """Resolve ``batching="auto"``: subgraphs when full batch does not fit ``budget`` (or, for scVGAE, is too slow)."""
+    if requested != "auto":
+        return requested
     from ._scvgae import SUBGRAPH_MIN_CELLS
 
     need = impute_memory(method, n_obs, n_vars, device_type)
@@ -58,7 +59,7 @@ def choose_batching(
             f"{budget / 1e9:.1f} GB budget"
         )
         return "subgraph"
-    if n_obs > SUBGRAPH_MIN_CELLS:
+    if method == "scvgae" and n_obs > SUBGRAPH_MIN_CELLS:
         logg.info(
             f"    batching='subgraph': {n_obs} cells > {SUBGRAPH_MIN_CELLS} (a full-graph encoder per batch would cost "
             "n_cells² / batch_size per epoch)"
@@ -194,14 +195,16 @@ def impute(
         20 dense float32 copies of the cells × genes matrix for scVGAE, 28 for GNNImpute, on CPU; 4 of host
         memory on a GPU) and the call is refused, with the figures, when it exceeds ``max_memory`` — by
         default the memory available now (``MemAvailable`` of ``/proc/meminfo``, else the physical memory).
-        Pass a number to override the estimate. For scVGAE it also decides ``batching="auto"`` (see
-        :func:`scvgae_sc.tl.scvgae_options`): when full-batch training would not fit, training runs on cell
-        subgraphs (about 4 dense copies), and the choice is logged.
+        Pass a number to override the estimate. It also decides the methods' ``batching="auto"`` (see
+        :func:`scvgae_sc.tl.scvgae_options`, :func:`scvgae_sc.tl.gnnimpute_options`): when full-batch training
+        would not fit, training runs on cell subgraphs (about 4 dense copies for scVGAE, 8 for GNNImpute), and
+        the choice is logged.
     filename
         Write the imputed matrix to this NumPy ``.npy`` file instead of memory: ``adata.layers[key]`` is then an
         array mapped from the file (the operating system pages it in and out; ``write_h5ad`` works as usual).
         With scVGAE on subgraphs the matrix is written chunk by chunk and never held in memory whole, which
-        saves one dense copy in the memory estimate. Refuses an existing file.
+        saves one dense copy in the memory estimate (otherwise the result is copied to the file once made).
+        Refuses an existing file.
     return_model
         Also return the trained model (:class:`~scvgae_sc.tl.ImputationModel`), which can be saved
         (``model.save(folder)``), loaded (``ImputationModel.load(folder)``) and re-applied to the same cells
@@ -271,13 +274,12 @@ def impute(
     batching = choose_batching(
         method, method_kwargs.get("batching", "auto"), adata.n_obs, adata.n_vars, dev.type, budget
     )
-    if batching is not None:
-        method_kwargs["batching"] = batching
-    to_file = filename is not None and batching == "subgraph"
+    method_kwargs["batching"] = batching
+    to_file = filename is not None and batching == "subgraph" and method == "scvgae"
     _utils.check_memory(
-        impute_memory(method, adata.n_obs, adata.n_vars, dev.type, batching=batching or "full", to_file=to_file),
-        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type}"
-        + (f" (batching={batching!r})" if batching else ""),
+        impute_memory(method, adata.n_obs, adata.n_vars, dev.type, batching=batching, to_file=to_file),
+        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type} "
+        f"(batching={batching!r})",
         max_memory=max_memory,
     )
 
