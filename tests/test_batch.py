@@ -11,7 +11,6 @@ from scipy import sparse
 
 import scvgae_sc as sv
 from scvgae_sc.cli import main
-from scvgae_sc.pp._cell_graph import compute_graph
 from scvgae_sc.tl._common import size_factors
 
 #: Narrow networks, two epochs: the tests check wiring and locality, not quality.
@@ -128,20 +127,6 @@ def test_integer_and_categorical_labels(batched):
     for key in ("int_batch", "cat_batch"):
         sv.pp.cell_graph(batched, n_neighbors=5, n_pcs=20, batch_key=key, key_added=key)
         assert (batched.obsp[f"{key}_connectivities"] != batched.obsp["s_connectivities"]).nnz == 0
-
-
-def test_balanced_uses_approximate_search_above_the_exact_limit(monkeypatch, batched):
-    """The pynndescent branch of the per-batch query (forced by lowering the exact-search limit)."""
-    cg = importlib.import_module("scvgae_sc.pp._cell_graph")
-    X = batched.layers["normalized"]
-    labels = batched.obs["batch"].to_numpy()
-    exact, _ = compute_graph(X, n_neighbors=9, n_pcs=20, batch=labels, batch_mode="balanced")
-    monkeypatch.setattr(cg, "EXACT_KNN_MAX_CELLS", 10)
-    approx, _ = compute_graph(X, n_neighbors=9, n_pcs=20, batch=labels, batch_mode="balanced")
-    assert approx.shape == exact.shape
-    overlap = (approx.astype(bool).multiply(exact.astype(bool))).nnz / exact.nnz
-    assert overlap > 0.9
-    assert (approx.getnnz(axis=1) >= 8).all()
 
 
 # ------------------------------------------------------------------------------------------------ refusals
