@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "output": "fill",
     "fill_gate": 0.0,
     "fill_scale": "auto",
+    "batch_mode": "within",
     "precision": "32",
     "batching": "auto",
     "batch_size": 512,
@@ -111,6 +112,10 @@ def gnnimpute_options() -> dict[str, Any]:
         ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
         observed values (needs ``mask_rate > 0``); ``"auto"`` and ``"none"`` do not (GNNImpute is trained on
         the layer's own scale).
+    ``batch_mode`` (``"within"``)
+        With ``tl.impute(batch_key=...)``, how the graph built here treats batches: neighbours only
+        ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see :func:`scvgae_sc.pp.cell_graph`).
+        Unused without ``batch_key`` or with a ``graph_key``. Size factors are per batch either way.
     ``precision`` (``"32"``)
         ``"bf16"`` trains under bfloat16 autocast.
     ``batching`` (``"auto"``), ``batch_size`` (512)
@@ -160,6 +165,7 @@ def _validate(opts: dict[str, Any]) -> None:
         "precision": ("32", "bf16"),
         "fill_scale": ("auto", "fit", "none"),
         "batching": ("auto", "full", "subgraph"),
+        "batch_mode": ("within", "balanced"),
     }
     for k, allowed in choices.items():
         if opts[k] not in allowed:
@@ -285,9 +291,13 @@ def run_gnnimpute(
     max_epochs: int | None,
     device: str,
     random_state: int | None,
+    batch_labels: np.ndarray | None = None,
     **options: Any,
 ) -> ImputeResult:
-    """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`gnnimpute_options`."""
+    """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`gnnimpute_options`.
+
+    ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per batch.
+    """
     opts = {**DEFAULTS, **options}
     _validate(opts)
     split = _check_split(opts["split"])
@@ -325,6 +335,8 @@ def run_gnnimpute(
         sparse.csr_matrix(X, dtype=np.float32).log1p() if sparse.issparse(X) else Xlog,
         random_state=random_state,
         info={"input": "log1p"},
+        batch=batch_labels,
+        batch_mode=opts["batch_mode"],
         method="knn",
         n_neighbors=opts["n_neighbors"],
         n_pcs=opts["n_pcs"],
@@ -349,7 +361,7 @@ def run_gnnimpute(
     x = torch.from_numpy(Xz).to(dev)
     del Xz
     zero_z = torch.from_numpy(zero_z).to(dev)
-    sf = torch.from_numpy(size_factors(counts)).to(dev)
+    sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
     target = torch.from_numpy(Xlin).to(dev)
     edge_index, _ = edge_tensors(A, dev)
     # Losses index the few entries they need instead of building n_cells × n_genes masks: training peaks

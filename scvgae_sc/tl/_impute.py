@@ -143,6 +143,7 @@ def impute(
     random_state: int | None = 0,
     max_memory: float | None = None,
     filename: str | os.PathLike[str] | None = None,
+    batch_key: str | None = None,
     return_model: bool = False,
     copy: bool = False,
     **method_kwargs: Any,
@@ -205,6 +206,17 @@ def impute(
         With scVGAE on subgraphs the matrix is written chunk by chunk and never held in memory whole, which
         saves one dense copy in the memory estimate (otherwise the result is copied to the file once made).
         Refuses an existing file.
+        Pass a number to override the estimate.
+    batch_key
+        Column of ``adata.obs`` with each cell's batch (``None``: no batches; every cell needs a label). The
+        graph the method builds (when ``graph_key`` is ``None``) is built per batch as
+        :func:`scvgae_sc.pp.cell_graph` does with ``batch_key``: by default (method option
+        ``batch_mode="within"``) each cell's neighbours come from its own batch only, so no message crosses
+        batches; ``batch_mode="balanced"`` takes neighbours from every batch (BBKNN-style). The size factors of
+        the count likelihoods are library size over the median library size **of the cell's batch**. A graph
+        given by ``graph_key`` is used as it is (build it with ``pp.cell_graph(batch_key=...)``). The network's
+        weights (and normalization statistics) are shared by all cells: this is no batch-effect correction.
+        A single batch gives the same result as ``None``.
     return_model
         Also return the trained model (:class:`~scvgae_sc.tl.ImputationModel`), which can be saved
         (``model.save(folder)``), loaded (``ImputationModel.load(folder)``) and re-applied to the same cells
@@ -257,6 +269,9 @@ def impute(
     if counts.shape != X.shape:
         raise ValueError(f"counts layer has shape {counts.shape} but {lname} has shape {X.shape}.")
     graph = graph_from_key(adata, graph_key) if graph_key is not None else None
+    labels = _utils.batch_labels(adata, batch_key)
+    if labels is not None and graph is not None:
+        logg.info(f"    graph {graph_key!r} is used as it is; batch_key={batch_key!r} sets per-batch size factors")
     if not isinstance(return_model, bool | np.bool_):
         raise TypeError(f"return_model must be True or False, got {return_model!r}.")
     from ..nn import resolve_device
@@ -303,6 +318,7 @@ def impute(
             max_epochs=max_epochs,
             device=device,
             random_state=random_state,
+            batch_labels=labels,
             **method_kwargs,
         )
     except BaseException:
@@ -318,6 +334,9 @@ def impute(
         out.flush()
         result.imputed = out.view(np.ndarray)
     runtime = time.perf_counter() - t0
+    method_params = dict(result.params)
+    if batch_key is None:
+        method_params.pop("batch_mode", None)
 
     from .. import __version__
 
@@ -335,7 +354,8 @@ def impute(
             "max_epochs": max_epochs,
             "random_state": random_state,
             "filename": None if filename is None else str(filename),
-            **result.params,
+            "batch_key": batch_key,
+            **method_params,
         }
     )
     adata.uns[key] = {
