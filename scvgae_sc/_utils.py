@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "available_memory",
+    "batch_labels",
     "check_adata",
     "check_memory",
     "memory_budget",
@@ -83,6 +84,32 @@ def get_layer(adata: AnnData, layer: str | None, *, what: str = "layer") -> np.n
             hint = " Run `scvgae_sc.pp.mask_dropouts(adata)` first."
         raise ValueError(f"adata.layers has no {what} {layer!r} (layers present: {have}).{hint}")
     return adata.layers[layer]
+
+
+def batch_labels(adata: AnnData, batch_key: str | None) -> np.ndarray | None:
+    """Each cell's batch from ``adata.obs[batch_key]`` as a 1-d object array (``None`` when ``batch_key`` is).
+
+    Refuses a key that is not a str, a missing column and missing labels (NaN / None), naming the first such cell.
+    """
+    if batch_key is None:
+        return None
+    if not isinstance(batch_key, str):
+        raise TypeError(f"batch_key must be the name (str) of an adata.obs column or None, got {batch_key!r}.")
+    if batch_key not in adata.obs.columns:
+        have = ", ".join(repr(c) for c in adata.obs.columns) or "none"
+        raise ValueError(
+            f"adata.obs has no column {batch_key!r} (batch_key); columns present: {have}. "
+            "Store each cell's batch there, e.g. `adata.obs['batch'] = ...` (anndata.concat(..., label='batch') "
+            "writes one)."
+        )
+    column = adata.obs[batch_key]
+    missing = np.flatnonzero(column.isna().to_numpy())
+    if missing.size:
+        raise ValueError(
+            f"adata.obs[{batch_key!r}] has {missing.size} missing label(s) (NaN / None; first: cell "
+            f"{str(adata.obs_names[missing[0]])!r}). Every cell needs a batch: fill them in or drop those cells."
+        )
+    return np.asarray(column.to_numpy(), dtype=object)
 
 
 def _values(X: np.ndarray | sparse.spmatrix) -> np.ndarray:

@@ -269,6 +269,7 @@ def _impute(args: argparse.Namespace, src: Path, out: Path, options: dict[str, A
         device=args.device,
         random_state=args.random_state,
         max_memory=args.max_memory,
+        batch_key=args.batch_key,
         return_model=args.save_model is not None,
         **options,
     )
@@ -314,6 +315,13 @@ def _parser() -> argparse.ArgumentParser:
     p_imp.add_argument("--key-added", default=None, help="where results go (default: the method's name)")
     p_imp.add_argument(
         "--graph-key", default=None, help="train on this graph from sv.pp.cell_graph (default: build one)"
+    )
+    p_imp.add_argument(
+        "--batch-key",
+        default=None,
+        metavar="COLUMN",
+        help="adata.obs column naming each cell's batch: the graph is built within batches (--option "
+        "batch_mode=balanced: neighbours from every batch) and size factors are per batch (default: no batches)",
     )
     p_imp.add_argument("--max-epochs", type=_positive_int, default=None, help="training epochs (default: the method's)")
     p_imp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")

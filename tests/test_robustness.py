@@ -277,6 +277,44 @@ def test_cell_graph(data):
 
 @SETTINGS
 @given(data=st.data())
+def test_cell_graph_batches(data):
+    """``batch_key`` (the drawn 'cell_type' labels as batches, a missing column, NaN labels, tiny batches)."""
+    adata = data.draw(anndatas(max_obs=12))
+    if data.draw(st.booleans()) and not adata.is_view:
+        labels = adata.obs["cell_type"].astype(object)
+        labels.iloc[data.draw(st.integers(0, adata.n_obs - 1))] = np.nan
+        adata.obs["cell_type"] = labels
+    kwargs = {
+        "layer": None,
+        "method": data.draw(st.sampled_from(["knn", "knn", "knn", "kernel"])),
+        "n_neighbors": data.draw(st.sampled_from([2, 3, 5])),
+        "n_pcs": data.draw(st.sampled_from([None, 2, 50])),
+        "self_loops": data.draw(st.booleans()),
+        "normalize": data.draw(st.sampled_from([None, "row"])),
+        "batch_key": data.draw(st.sampled_from(["cell_type", "cell_type", "nope"])),
+        "batch_mode": data.draw(st.sampled_from(["within", "balanced", "both"])),
+        "copy": data.draw(st.booleans()),
+    }
+    ok, out, before = attempt(sv.pp.cell_graph, adata, **kwargs)
+    if not ok:
+        return
+    A = out.obsp["cell_graph_connectivities"].tocsr()
+    labels = before.obs["cell_type"].to_numpy()
+    coo = A.tocoo()
+    if kwargs["batch_mode"] == "within":
+        assert (labels[coo.row] == labels[coo.col]).all(), "no edge between batches"
+    elif kwargs["n_pcs"] is None and np.unique(before.X, axis=0).shape[0] == before.shape[0]:
+        # every cell has neighbours from every batch. Read from the distances, which (distinct rows, no PCA) are
+        # all positive; weights can underflow to 0 next to duplicated cells, with or without batches.
+        D = out.obsp["cell_graph_distances"].tocsr()
+        for i in range(D.shape[0]):
+            assert set(labels[D.indices[D.indptr[i] : D.indptr[i + 1]]]) == set(labels)
+    assert out.uns["cell_graph"]["params"]["batch_key"] == "cell_type"
+    before.assert_X_and_raw(out)
+
+
+@SETTINGS
+@given(data=st.data())
 def test_mask_dropouts(data):
     adata = data.draw(anndatas(view=False, min_obs=4, sparsity=1))
     adata.layers["counts"] = adata.X.copy()
@@ -328,6 +366,18 @@ def _check_imputed(out: ad.AnnData, key: str, before: State) -> None:
     out.write_h5ad(os.path.join(_TMP, "imputed.h5ad"))  # everything written is storable
 
 
+def _check_batch_graph(out: ad.AnnData, key: str, kwargs: dict, before: State) -> None:
+    """With ``batch_key`` in ``"within"`` mode, the graph trained on has no edge between batches."""
+    if kwargs.get("batch_key") is None:
+        assert "batch_key" not in out.uns[key]["params"]
+        return
+    assert out.uns[key]["params"]["batch_key"] == kwargs["batch_key"]
+    if kwargs["batch_mode"] == "within":
+        labels = before.obs[kwargs["batch_key"]].to_numpy()
+        coo = out.obsp[f"{key}_connectivities"].tocoo()
+        assert (labels[coo.row] == labels[coo.col]).all()
+
+
 @SETTINGS
 @given(data=st.data())
 def test_impute_scvgae(data):
@@ -346,10 +396,13 @@ def test_impute_scvgae(data):
         "output": data.draw(st.sampled_from(["fill", "recon"])),
         "variational": data.draw(st.booleans()),
         "random_state": data.draw(st.sampled_from([0, None])),
+        "batch_key": data.draw(st.sampled_from([None, None, "cell_type", "nope"])),
+        "batch_mode": data.draw(st.sampled_from(["within", "balanced"])),
     }
     ok, out, before = attempt(sv.tl.impute, adata, **kwargs)
     if ok:
         _check_imputed(out, "scvgae", before)
+        _check_batch_graph(out, "scvgae", kwargs, before)
 
 
 @SETTINGS
@@ -370,10 +423,13 @@ def test_impute_gnnimpute(data):
         "mask_rate": data.draw(st.sampled_from([0.0, 0.5])),
         "output": data.draw(st.sampled_from(["fill", "recon"])),
         "random_state": data.draw(st.sampled_from([0, None])),
+        "batch_key": data.draw(st.sampled_from([None, None, "cell_type", "nope"])),
+        "batch_mode": data.draw(st.sampled_from(["within", "balanced"])),
     }
     ok, out, before = attempt(sv.tl.impute, adata, **kwargs)
     if ok:
         _check_imputed(out, "gnnimpute", before)
+        _check_batch_graph(out, "gnnimpute", kwargs, before)
 
 
 @SETTINGS

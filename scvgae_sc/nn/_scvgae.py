@@ -17,6 +17,9 @@ from ._zinb import masked_mean, zinb_nll
 
 __all__ = ["SCVGAE", "scvgae_loss"]
 
+#: Batches with more entries than this recompute the ZINB terms in backward (activation checkpointing).
+CHECKPOINT_MIN_ENTRIES = 4_000_000
+
 
 class SCVGAE(nn.Module):
     r"""The scVGAE network (DESIGN section 2), built on PyG layers and a sparse graph.
@@ -385,8 +388,9 @@ def scvgae_loss(
             sf = size_factors.float()
             mean = mean * (sf.unsqueeze(1) if sf.dim() == 1 else sf)
         args = (counts.float(), mean, out["theta"].float(), out["pi_logits"].float(), zinb_mask)
-        if torch.is_grad_enabled() and mean.requires_grad:
+        if torch.is_grad_enabled() and mean.requires_grad and mean.numel() > CHECKPOINT_MIN_ENTRIES:
             # recompute the elementwise terms in backward instead of keeping ~10 (n × n_genes) intermediates
+            # (large batches only: on small ones the memory is small and recomputing costs time)
             components["zinb"] = checkpoint(_masked_zinb, *args, use_reentrant=False)
         else:
             components["zinb"] = _masked_zinb(*args)

@@ -8,7 +8,15 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import CELL_GRAPH, NORMALIZED, connectivities_key, distances_key
-from .._utils import check_adata, check_finite, get_layer, params_for_uns, rows_vary, seed_everything
+from .._utils import (
+    batch_labels,
+    check_adata,
+    check_finite,
+    get_layer,
+    params_for_uns,
+    rows_vary,
+    seed_everything,
+)
 
 #: Below this many cells neighbours are exact (brute force, as Scanpy does); above, pynndescent.
 EXACT_KNN_MAX_CELLS = 4096
@@ -55,13 +63,127 @@ def knn_search(X: np.ndarray, n_neighbors: int, *, random_state: int | None = 0)
     return idx.astype(np.int64), dist.astype(np.float32)
 
 
+def knn_query(
+    index: np.ndarray, queries: np.ndarray, n_neighbors: int, *, random_state: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into ``index``) and Euclidean distances of each query row's ``n_neighbors`` nearest ``index`` rows.
+
+    Exact below :data:`EXACT_KNN_MAX_CELLS` index rows, approximate (pynndescent) above.
+    """
+    if index.shape[0] <= EXACT_KNN_MAX_CELLS:
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(index)
+        dist, idx = nn.kneighbors(queries)
+    else:
+        from pynndescent import NNDescent
+
+        nnd = NNDescent(
+            index,
+            n_neighbors=max(n_neighbors, 15),
+            metric="euclidean",
+            random_state=random_state,
+            n_jobs=None,
+            low_memory=True,
+        )
+        idx, dist = nnd.query(queries, k=n_neighbors)
+    return idx.astype(np.int64), dist.astype(np.float32)
+
+
+def batch_codes(batch, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)`` of per-cell batch labels: ``names[codes[i]]`` is cell ``i``'s batch.
+
+    Names are in order of first appearance. Refuses a wrong length and missing labels (NaN / None).
+    """
+    import pandas as pd
+
+    labels = np.asarray(batch, dtype=object)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"batch labels must be one per cell: expected {n}, got shape {labels.shape}.")
+    codes, names = pd.factorize(labels)
+    missing = np.flatnonzero(codes < 0)
+    if missing.size:
+        raise ValueError(
+            f"{missing.size} cell(s) have no batch label (NaN or None; first: cell {int(missing[0])}). Every cell "
+            "needs a batch: fill the missing labels or drop those cells."
+        )
+    return codes.astype(np.int64), np.asarray(names, dtype=object)
+
+
+def balanced_per_batch(n_neighbors: int, n_batches: int) -> int:
+    """Neighbours per batch with ``batch_mode="balanced"``: ``max(1, (n_neighbors - 1) // n_batches)``."""
+    return max(1, (int(n_neighbors) - 1) // int(n_batches))
+
+
+def check_batches(codes: np.ndarray, names: np.ndarray, n_neighbors: int, batch_mode: str) -> None:
+    """Refuse batches too small for the neighbour search of ``batch_mode`` (naming the batch and its size)."""
+    sizes = np.bincount(codes, minlength=len(names))
+    if batch_mode == "within":
+        need, why = int(n_neighbors) + 1, f"n_neighbors={n_neighbors} neighbours are searched within each batch"
+    else:
+        k = balanced_per_batch(n_neighbors, len(names))
+        need, why = k + 1, f"batch_mode='balanced' takes {k} neighbours from every batch, its own included"
+    small = np.flatnonzero(sizes < need)
+    if small.size:
+        listed = ", ".join(f"{names[b]!r} ({sizes[b]} cells)" for b in small[:5])
+        more = f" and {small.size - 5} more" if small.size > 5 else ""
+        raise ValueError(
+            f"Batch {listed}{more} {'is' if small.size == 1 else 'are'} too small: {why}, so every batch needs at "
+            f"least {need} cells. Lower n_neighbors, merge or drop small batches"
+            + (", or use batch_mode='balanced'." if batch_mode == "within" else ".")
+        )
+
+
+def _batch_neighbors(
+    X: np.ndarray, n_neighbors: int, codes: np.ndarray, n_batches: int, mode: str, *, random_state: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour indices and distances, the cell itself first, searched per batch (see :func:`cell_graph`)."""
+    n = X.shape[0]
+    rows = np.arange(n)
+    if mode == "within":
+        idx = np.empty((n, n_neighbors), dtype=np.int64)
+        dist = np.empty((n, n_neighbors), dtype=np.float32)
+        for b in range(n_batches):
+            cells = np.flatnonzero(codes == b)
+            i, d = knn_search(X[cells], n_neighbors, random_state=random_state)
+            idx[cells], dist[cells] = cells[i], d
+        return idx, dist
+    k = balanced_per_batch(n_neighbors, n_batches)
+    idx = np.empty((n, 1 + n_batches * k), dtype=np.int64)
+    dist = np.empty(idx.shape, dtype=np.float32)
+    idx[:, 0], dist[:, 0] = rows, 0.0
+    for b in range(n_batches):
+        cols = slice(1 + b * k, 1 + (b + 1) * k)
+        cells = np.flatnonzero(codes == b)
+        i, d = knn_search(X[cells], k + 1, random_state=random_state)  # own batch: itself first, then k others
+        idx[cells, cols], dist[cells, cols] = cells[i[:, 1:]], d[:, 1:]
+        others = np.flatnonzero(codes != b)
+        if others.size:
+            i, d = knn_query(X[cells], X[others], k, random_state=random_state)
+            idx[others, cols], dist[others, cols] = cells[i], d
+    order = np.argsort(dist[:, 1:], axis=1, kind="stable") + 1  # nearest first, the cell itself stays first
+    idx[:, 1:] = np.take_along_axis(idx, order, axis=1)
+    dist[:, 1:] = np.take_along_axis(dist, order, axis=1)
+    return idx, dist
+
+
 def _knn_graph(
-    X: np.ndarray, n_neighbors: int, *, self_loops: bool, symmetric: bool, random_state: int | None
+    X: np.ndarray,
+    n_neighbors: int,
+    *,
+    self_loops: bool,
+    symmetric: bool,
+    random_state: int | None,
+    batch: tuple[np.ndarray, int, str] | None = None,
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     n = X.shape[0]
-    idx, dist = knn_search(X, n_neighbors, random_state=random_state)
+    if batch is None:
+        idx, dist = knn_search(X, n_neighbors, random_state=random_state)
+    else:
+        codes, n_batches, mode = batch
+        idx, dist = _batch_neighbors(X, n_neighbors, codes, n_batches, mode, random_state=random_state)
     # adaptive Gaussian weights: sigma_i = distance to the farthest of i's neighbours
-    sigma = np.maximum(dist[:, -1], np.finfo(np.float32).eps)
+    sigma = np.maximum(dist.max(axis=1), np.finfo(np.float32).eps)
     w = np.exp(-(dist**2) / (sigma[:, None] * sigma[idx]))
     if not self_loops:
         idx, dist, w = idx[:, 1:], dist[:, 1:], w[:, 1:]
@@ -114,6 +236,13 @@ def _kernel_graph(
     return A
 
 
+def _kernel_batch_message(method: str) -> str:
+    return (
+        f"batch_key needs method='knn' (scVGAE's option graph='knn'): the {method!r} graph keeps a global "
+        "percentile of the linear kernel and has no per-batch form. Use a knn graph, or drop batch_key."
+    )
+
+
 def compute_graph(
     X,
     *,
@@ -125,12 +254,25 @@ def compute_graph(
     normalize: Literal["row"] | None = None,
     random_state: int | None = 0,
     max_memory: float = KERNEL_MAX_MEMORY,
+    batch=None,
+    batch_mode: Literal["within", "balanced"] = "within",
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix | None]:
     """The graph of :func:`cell_graph` from a matrix (no AnnData): ``(connectivities, distances or None)``.
 
-    Arguments are validated by :func:`cell_graph`.
+    Arguments are validated by :func:`cell_graph`, except ``batch`` (one label per cell, or ``None``) and
+    ``batch_mode``, checked here: the method runners of :func:`~scvgae_sc.tl.impute` call this directly.
     """
     n = X.shape[0]
+    batch_info = None
+    if batch is not None:
+        if batch_mode not in ("within", "balanced"):
+            raise ValueError(f"batch_mode must be 'within' or 'balanced', got {batch_mode!r}.")
+        if method != "knn":
+            raise ValueError(_kernel_batch_message(method))
+        codes, names = batch_codes(batch, n)
+        check_batches(codes, names, n_neighbors, batch_mode)
+        if len(names) > 1:  # one batch: the same graph as without batches
+            batch_info = (codes, len(names), batch_mode)
     seed_everything(random_state)
     if method == "knn":
         n_comps = min(int(n_pcs or 0), n - 1, X.shape[1] - 1)
@@ -147,6 +289,7 @@ def compute_graph(
             self_loops=self_loops,
             symmetric=normalize != "row",
             random_state=random_state,
+            batch=batch_info,
         )
     else:
         conn = _kernel_graph(X, percentile, self_loops=self_loops, max_memory=max_memory)
@@ -177,6 +320,8 @@ def cell_graph(
     key_added: str = CELL_GRAPH,
     max_memory: float = KERNEL_MAX_MEMORY,
     copy: bool = False,
+    batch_key: str | None = None,
+    batch_mode: Literal["within", "balanced"] = "within",
 ) -> AnnData | None:
     r"""Build the cell–cell graph a graph neural network propagates over.
 
@@ -197,6 +342,23 @@ def cell_graph(
         refused, with the memory it would need, above ``max_memory``.
 
     The stored matrix is the adjacency; GCN / GAT layers apply their own normalization.
+
+    **Batches** (``batch_key``, ``"knn"`` only). The PCA stays global (all cells); the neighbour search
+    follows ``batch_mode``:
+
+    ``"within"``
+        Each cell's ``n_neighbors`` nearest cells (itself included) are searched among the cells of its own
+        batch only, so the graph has no edge between batches and message passing never crosses them. Every
+        batch needs at least ``n_neighbors + 1`` cells.
+    ``"balanced"`` (BBKNN-style)
+        Each cell gets ``k = max(1, (n_neighbors - 1) // n_batches)`` nearest cells **from every batch** (in
+        its own batch, ``k`` cells other than itself), plus itself: ``1 + k * n_batches`` entries per row, at
+        most ``n_neighbors`` when ``n_batches < n_neighbors`` (15 neighbours and 2 batches: 7 from each
+        batch + itself). Every batch needs at least ``k + 1`` cells.
+
+    Weights and symmetrization are as without batches (:math:`\sigma_i` is the distance to the farthest of the
+    cell's neighbours, whichever batch it is in). With a single batch the graph is exactly the one built
+    without ``batch_key``.
 
     Parameters
     ----------
@@ -227,6 +389,11 @@ def cell_graph(
         Bytes the ``"kernel"`` graph may use before it is refused.
     copy
         Return a copy instead of writing into ``adata``.
+    batch_key
+        Column of ``adata.obs`` with each cell's batch (``None``: no batches). Every cell needs a label.
+    batch_mode
+        ``"within"`` (neighbours only from the cell's own batch) or ``"balanced"`` (neighbours from every
+        batch); see above.
 
     Returns
     -------
@@ -246,12 +413,18 @@ def cell_graph(
     >>> sv.pp.normalize(adata)
     >>> sv.pp.cell_graph(adata)  # 15-NN graph
     >>> sv.pp.cell_graph(adata, n_neighbors=5, self_loops=True, normalize="row", key_added="gnnimpute_graph")
+    >>> sv.pp.cell_graph(adata, batch_key="phase", key_added="phase_graph")  # no edges between batches
     """
     check_adata(adata, inplace=not copy)
     if method not in ("knn", "kernel"):
         raise ValueError(f"method must be 'knn' or 'kernel', got {method!r}.")
     if normalize not in (None, "row"):
         raise ValueError(f"normalize must be None or 'row', got {normalize!r}.")
+    if batch_mode not in ("within", "balanced"):
+        raise ValueError(f"batch_mode must be 'within' or 'balanced', got {batch_mode!r}.")
+    if batch_key is not None and method != "knn":
+        raise ValueError(_kernel_batch_message(method))
+    batch = batch_labels(adata, batch_key)
     X = get_layer(adata, layer)
     check_finite(X, f"layer {layer!r}" if layer else "adata.X")
     n = adata.n_obs
@@ -279,6 +452,8 @@ def cell_graph(
         normalize=normalize,
         random_state=random_state,
         max_memory=max_memory,
+        batch=batch,
+        batch_mode=batch_mode,
     )
 
     ckey, dkey = connectivities_key(key_added), distances_key(key_added)
@@ -297,6 +472,8 @@ def cell_graph(
             "self_loops": bool(self_loops),
             "normalize": normalize,
             "random_state": random_state,
+            "batch_key": batch_key,
+            "batch_mode": batch_mode if batch_key is not None else None,
         }
     )
     adata.uns[key_added] = entry

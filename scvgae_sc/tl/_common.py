@@ -9,7 +9,7 @@ import numpy as np
 from scipy import sparse
 
 from .._utils import to_dense_array
-from ..pp._cell_graph import compute_graph
+from ..pp._cell_graph import batch_codes, compute_graph
 
 if TYPE_CHECKING:
     import torch
@@ -21,31 +21,48 @@ def resolve_graph(
     *,
     random_state: int | None,
     info: dict[str, Any] | None = None,
+    batch=None,
+    batch_mode: str = "within",
     **graph_kwargs: Any,
 ) -> tuple[sparse.csr_matrix, dict[str, Any]]:
     """The graph a runner trains on and its description for ``uns[key]["graph"]``.
 
     ``provided`` is the ``(adjacency, info)`` pair from ``graph_key``; otherwise the graph is built from ``X`` by
-    :func:`~scvgae_sc.pp._cell_graph.compute_graph` with ``graph_kwargs``, which (with ``info``) describe it.
+    :func:`~scvgae_sc.pp._cell_graph.compute_graph` with ``graph_kwargs``, which (with ``info``) describe it, and
+    with the cells' ``batch`` labels (``None``: no batches) in ``batch_mode``. A provided graph is used as it is.
     """
     if provided is not None:
         A, graph_info = provided
         graph_info = dict(graph_info)
     else:
-        A, _ = compute_graph(X, random_state=random_state, **graph_kwargs)
+        A, _ = compute_graph(X, random_state=random_state, batch=batch, batch_mode=batch_mode, **graph_kwargs)
         graph_info = {"key": "", **graph_kwargs, **(info or {})}
+        if batch is not None:
+            graph_info.update(batch_mode=batch_mode, n_batches=len(batch_codes(batch, A.shape[0])[1]))
     graph_info["n_edges"] = int(A.nnz)
     return A, graph_info
 
 
-def size_factors(counts) -> np.ndarray:
-    """Library size over the median library size (cells without counts get 1)."""
+def size_factors(counts, batch=None) -> np.ndarray:
+    """Library size over the median library size (cells without counts get 1).
+
+    With ``batch`` (one label per cell), the median is that of the cell's own batch: each batch's median cell
+    gets 1, whatever the batches' sequencing depths.
+    """
     lib = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    positive = lib[lib > 0]
-    median = float(np.median(positive)) if positive.size else 1.0
-    sf = lib / median
+    groups = [np.arange(lib.size)] if batch is None else _batch_groups(batch, lib.size)
+    sf = np.ones_like(lib)
+    for cells in groups:
+        positive = lib[cells][lib[cells] > 0]
+        median = float(np.median(positive)) if positive.size else 1.0
+        sf[cells] = lib[cells] / median
     sf[lib == 0] = 1.0
     return sf.astype(np.float32)
+
+
+def _batch_groups(batch, n: int) -> list[np.ndarray]:
+    codes, names = batch_codes(batch, n)
+    return [np.flatnonzero(codes == b) for b in range(len(names))]
 
 
 def edge_tensors(A: sparse.spmatrix, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,10 @@ DEFAULTS: dict[str, Any] = {
     "output": "fill",
     "fill_gate": 0.0,
     "fill_scale": "auto",
+    "batch_mode": "within",
     "precision": "32",
+    "batching": "auto",
+    "batch_size": 512,
     "progress_bar": None,
 }
 MAX_EPOCHS = 3000
@@ -109,8 +112,22 @@ def gnnimpute_options() -> dict[str, Any]:
         ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
         observed values (needs ``mask_rate > 0``); ``"auto"`` and ``"none"`` do not (GNNImpute is trained on
         the layer's own scale).
+    ``batch_mode`` (``"within"``)
+        With ``tl.impute(batch_key=...)``, how the graph built here treats batches: neighbours only
+        ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see :func:`scvgae_sc.pp.cell_graph`).
+        Unused without ``batch_key`` or with a ``graph_key``. Size factors are per batch either way.
     ``precision`` (``"32"``)
         ``"bf16"`` trains under bfloat16 autocast.
+    ``batching`` (``"auto"``), ``batch_size`` (512)
+        ``"full"``: one optimizer step per epoch over the whole graph (the published training). ``"subgraph"``:
+        each epoch visits all cells in random batches of ``batch_size``, one step per batch; a batch's first
+        GAT layer is computed exactly from its cells and their neighbours, its second layer reads the
+        neighbours' first-layer output from a history buffer (refreshed whenever a cell is in a batch, so at
+        most one epoch old; historical embeddings as GNNAutoScale), and the loss covers the batch's
+        training cells. Memory: about 8 dense copies of the data instead of 28; validation and prediction
+        run on the whole graph without gradients. ``"auto"`` picks ``"subgraph"`` when full-batch training
+        would not fit the memory budget (``max_memory`` of :func:`~scvgae_sc.tl.impute`). Under ``torchrun``,
+        ``"subgraph"`` shares each epoch's batches among the processes; ``"full"`` runs the same step in each.
     ``progress_bar`` (None)
         Show a progress bar (default: at Scanpy verbosity ``info`` or above).
     """
@@ -144,11 +161,18 @@ def _validate(opts: dict[str, Any]) -> None:
             f"Unknown option(s) for method='gnnimpute': {', '.join(sorted(unknown))}. "
             f"Known: {', '.join(sorted(DEFAULTS))}."
         )
-    choices = {"output": ("fill", "recon"), "precision": ("32", "bf16"), "fill_scale": ("auto", "fit", "none")}
+    choices = {
+        "output": ("fill", "recon"),
+        "precision": ("32", "bf16"),
+        "fill_scale": ("auto", "fit", "none"),
+        "batching": ("auto", "full", "subgraph"),
+        "batch_mode": ("within", "balanced"),
+    }
     for k, allowed in choices.items():
         if opts[k] not in allowed:
             raise ValueError(f"{k} must be one of {allowed}, got {opts[k]!r}.")
     check_positive_int("n_neighbors", opts["n_neighbors"], minimum=2)
+    check_positive_int("batch_size", opts["batch_size"], minimum=2)
     if opts["n_pcs"] is not None:
         check_positive_int("n_pcs", opts["n_pcs"], minimum=0)
     for k in ("patience", "hidden", "latent", "heads"):
@@ -268,9 +292,13 @@ def run_gnnimpute(
     max_epochs: int | None,
     device: str,
     random_state: int | None,
+    batch_labels: np.ndarray | None = None,
     **options: Any,
 ) -> ImputeResult:
-    """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`gnnimpute_options`."""
+    """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`gnnimpute_options`.
+
+    ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per batch.
+    """
     opts = {**DEFAULTS, **options}
     _validate(opts)
     split = _check_split(opts["split"])
@@ -293,12 +321,6 @@ def run_gnnimpute(
     from ..nn import GNNImputeModule, Trainer, rank, resolve_device, world_size
 
     dev = resolve_device(device)
-    if world_size() > 1 and rank() == 0:
-        logg.warning(
-            f"GNNImpute trains on the whole graph, one step per epoch: each of the {world_size()} processes runs the "
-            "same step (gradients averaged, the result is that of one process), so several processes do not make "
-            "it faster. Use one process, or method='scvgae' for data-parallel training."
-        )
     if normalization != "total":
         how = f"was made by normalize(method={normalization!r})" if normalization else "has an unknown normalization"
         logg.warning(
@@ -314,6 +336,8 @@ def run_gnnimpute(
         sparse.csr_matrix(X, dtype=np.float32).log1p() if sparse.issparse(X) else Xlog,
         random_state=random_state,
         info={"input": "log1p"},
+        batch=batch_labels,
+        batch_mode=opts["batch_mode"],
         method="knn",
         n_neighbors=opts["n_neighbors"],
         n_pcs=opts["n_pcs"],
@@ -338,7 +362,7 @@ def run_gnnimpute(
     x = torch.from_numpy(Xz).to(dev)
     del Xz
     zero_z = torch.from_numpy(zero_z).to(dev)
-    sf = torch.from_numpy(size_factors(counts)).to(dev)
+    sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
     target = torch.from_numpy(Xlin).to(dev)
     edge_index, _ = edge_tensors(A, dev)
     # Losses index the few entries they need instead of building n_cells × n_genes masks: training peaks
@@ -388,10 +412,35 @@ def run_gnnimpute(
 
     val_hidden = draw_mask() if use_mask else None
 
+    batching = "full" if opts["batching"] == "auto" else opts["batching"]  # tl.impute resolves "auto"
+    if batching == "full" and world_size() > 1 and rank() == 0:
+        logg.warning(
+            f"GNNImpute with batching='full' makes one step per epoch on the whole graph: each of the {world_size()} "
+            "processes runs the same step (gradients averaged, the result is that of one process), so several "
+            "processes do not make it faster. batching='subgraph' shares each epoch's batches among them."
+        )
+
     def train_step(module, epoch):
         hidden = draw_mask() if use_mask else None
         out = module(corrupt(hidden), edge_index, sf)
         return losses(out, train_rows, train_target, hidden & in_train if use_mask else None)
+
+    if batching == "subgraph":
+        from ._gnnimpute_subgraph import subgraph_train_step
+
+        train_step = subgraph_train_step(
+            A,
+            x,
+            target,
+            sf,
+            train_cells=torch.from_numpy(train_cells).to(dev),
+            observed=observed,
+            draw_mask=draw_mask if use_mask else None,
+            corrupt=corrupt,
+            mask_weight=mask_weight,
+            batch_size=min(int(opts["batch_size"]), n_cells),
+            gen=gen,
+        )
 
     def val_step(module):
         out = module(corrupt(val_hidden), edge_index, sf)
@@ -441,6 +490,7 @@ def run_gnnimpute(
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
     params.update(max_epochs_used=n_epochs, n_train=int(train_cells.sum()), n_val=int(val_cells.sum()))
+    params["batching_used"] = batching
     params["fill_scale_used"] = float(scale)
     params["n_test"] = int(test_cells.sum())
     return ImputeResult(

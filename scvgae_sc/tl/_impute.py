@@ -27,9 +27,10 @@ DENSE_COPIES = {"scvgae": 20, "gnnimpute": 28}
 DENSE_COPIES_HOST = 4
 
 
-#: scVGAE with ``batching="subgraph"``: the input, its masked copy, the masks and the output (one copy less
-#: when the output goes to a file); activations are per batch.
-DENSE_COPIES_SUBGRAPH = 4
+#: With ``batching="subgraph"``: scVGAE holds the input, its masked copy, the masks and the output (one copy less
+#: when the output goes to a file); GNNImpute also the target and a whole-graph validation and prediction pass.
+#: Activations are per batch.
+DENSE_COPIES_SUBGRAPH = {"scvgae": 4, "gnnimpute": 8}
 
 
 def impute_memory(
@@ -37,7 +38,7 @@ def impute_memory(
 ) -> float:
     """Estimated peak host memory (bytes) of :func:`impute` on ``n_obs`` × ``n_vars``."""
     if batching == "subgraph":
-        copies = DENSE_COPIES_SUBGRAPH - (1 if to_file else 0)
+        copies = DENSE_COPIES_SUBGRAPH[method] - (1 if to_file else 0)
     else:
         copies = DENSE_COPIES[method] if device_type == "cpu" else DENSE_COPIES_HOST
     return float(copies) * n_obs * n_vars * 4
@@ -45,10 +46,10 @@ def impute_memory(
 
 def choose_batching(
     method: str, requested: Any, n_obs: int, n_vars: int, device_type: str, budget: float | None
-) -> str | None:
-    """Resolve scVGAE's ``batching="auto"``: subgraphs when full batch does not fit ``budget`` or is too slow."""
-    if method != "scvgae" or requested != "auto":
-        return requested if method == "scvgae" else None
+) -> str:
+    """Resolve ``batching="auto"``: subgraphs when full batch does not fit ``budget`` (or, for scVGAE, is too slow)."""
+    if requested != "auto":
+        return requested
     from ._scvgae import SUBGRAPH_MIN_CELLS
 
     need = impute_memory(method, n_obs, n_vars, device_type)
@@ -58,7 +59,7 @@ def choose_batching(
             f"{budget / 1e9:.1f} GB budget"
         )
         return "subgraph"
-    if n_obs > SUBGRAPH_MIN_CELLS:
+    if method == "scvgae" and n_obs > SUBGRAPH_MIN_CELLS:
         logg.info(
             f"    batching='subgraph': {n_obs} cells > {SUBGRAPH_MIN_CELLS} (a full-graph encoder per batch would cost "
             "n_cells² / batch_size per epoch)"
@@ -142,6 +143,7 @@ def impute(
     random_state: int | None = 0,
     max_memory: float | None = None,
     filename: str | os.PathLike[str] | None = None,
+    batch_key: str | None = None,
     return_model: bool = False,
     copy: bool = False,
     **method_kwargs: Any,
@@ -168,12 +170,12 @@ def impute(
     Several GPUs or machines: start the script that calls this function with ``torchrun`` (e.g.
     ``torchrun --nproc_per_node=4 script.py``). Each process loads the same data and calls :func:`impute`
     with the same arguments; the function joins the process group (:func:`scvgae_sc.nn.init_from_env`), and
-    scVGAE's training batches are shared among the processes with their gradients averaged
+    the training batches are shared among the processes with their gradients averaged
     (:class:`~torch.nn.parallel.DistributedDataParallel`; ``batch_size`` counts per process). Every process
-    ends with the same result: write files from rank 0 only (``scvgae_sc.nn.rank() == 0``). GNNImpute
-    trains on the whole graph in one step per epoch, so every process runs the same step (correct, not
-    faster). ``filename`` is refused with several processes. ``uns[key]["params"]["world_size"]`` records
-    the number of processes. See the large-data tutorial, "Several GPUs or machines".
+    ends with the same result: write files from rank 0 only (``scvgae_sc.nn.rank() == 0``). GNNImpute with
+    ``batching="full"`` makes one step per epoch on the whole graph, so every process runs the same step
+    (correct, not faster). ``filename`` is refused with several processes. ``uns[key]["params"]["world_size"]``
+    records the number of processes. See the large-data tutorial, "Several GPUs or machines".
 
     Parameters
     ----------
@@ -206,14 +208,27 @@ def impute(
         20 dense float32 copies of the cells × genes matrix for scVGAE, 28 for GNNImpute, on CPU; 4 of host
         memory on a GPU) and the call is refused, with the figures, when it exceeds ``max_memory`` — by
         default the memory available now (``MemAvailable`` of ``/proc/meminfo``, else the physical memory).
-        Pass a number to override the estimate. For scVGAE it also decides ``batching="auto"`` (see
-        :func:`scvgae_sc.tl.scvgae_options`): when full-batch training would not fit, training runs on cell
-        subgraphs (about 4 dense copies), and the choice is logged.
+        Pass a number to override the estimate. It also decides the methods' ``batching="auto"`` (see
+        :func:`scvgae_sc.tl.scvgae_options`, :func:`scvgae_sc.tl.gnnimpute_options`): when full-batch training
+        would not fit, training runs on cell subgraphs (about 4 dense copies for scVGAE, 8 for GNNImpute), and
+        the choice is logged.
     filename
         Write the imputed matrix to this NumPy ``.npy`` file instead of memory: ``adata.layers[key]`` is then an
         array mapped from the file (the operating system pages it in and out; ``write_h5ad`` works as usual).
         With scVGAE on subgraphs the matrix is written chunk by chunk and never held in memory whole, which
-        saves one dense copy in the memory estimate. Refuses an existing file.
+        saves one dense copy in the memory estimate (otherwise the result is copied to the file once made).
+        Refuses an existing file.
+        Pass a number to override the estimate.
+    batch_key
+        Column of ``adata.obs`` with each cell's batch (``None``: no batches; every cell needs a label). The
+        graph the method builds (when ``graph_key`` is ``None``) is built per batch as
+        :func:`scvgae_sc.pp.cell_graph` does with ``batch_key``: by default (method option
+        ``batch_mode="within"``) each cell's neighbours come from its own batch only, so no message crosses
+        batches; ``batch_mode="balanced"`` takes neighbours from every batch (BBKNN-style). The size factors of
+        the count likelihoods are library size over the median library size **of the cell's batch**. A graph
+        given by ``graph_key`` is used as it is (build it with ``pp.cell_graph(batch_key=...)``). The network's
+        weights (and normalization statistics) are shared by all cells: this is no batch-effect correction.
+        A single batch gives the same result as ``None``.
     return_model
         Also return the trained model (:class:`~scvgae_sc.tl.ImputationModel`), which can be saved
         (``model.save(folder)``), loaded (``ImputationModel.load(folder)``) and re-applied to the same cells
@@ -266,6 +281,9 @@ def impute(
     if counts.shape != X.shape:
         raise ValueError(f"counts layer has shape {counts.shape} but {lname} has shape {X.shape}.")
     graph = graph_from_key(adata, graph_key) if graph_key is not None else None
+    labels = _utils.batch_labels(adata, batch_key)
+    if labels is not None and graph is not None:
+        logg.info(f"    graph {graph_key!r} is used as it is; batch_key={batch_key!r} sets per-batch size factors")
     if not isinstance(return_model, bool | np.bool_):
         raise TypeError(f"return_model must be True or False, got {return_model!r}.")
     from ..nn import init_from_env, world_size
@@ -294,13 +312,12 @@ def impute(
     batching = choose_batching(
         method, method_kwargs.get("batching", "auto"), adata.n_obs, adata.n_vars, dev.type, budget
     )
-    if batching is not None:
-        method_kwargs["batching"] = batching
-    to_file = filename is not None and batching == "subgraph"
+    method_kwargs["batching"] = batching
+    to_file = filename is not None and batching == "subgraph" and method == "scvgae"
     _utils.check_memory(
-        impute_memory(method, adata.n_obs, adata.n_vars, dev.type, batching=batching or "full", to_file=to_file),
-        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type}"
-        + (f" (batching={batching!r})" if batching else ""),
+        impute_memory(method, adata.n_obs, adata.n_vars, dev.type, batching=batching, to_file=to_file),
+        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type} "
+        f"(batching={batching!r})",
         max_memory=max_memory,
     )
 
@@ -324,6 +341,7 @@ def impute(
             max_epochs=max_epochs,
             device=dev,
             random_state=run_seed,
+            batch_labels=labels,
             **method_kwargs,
         )
     except BaseException:
@@ -339,6 +357,9 @@ def impute(
         out.flush()
         result.imputed = out.view(np.ndarray)
     runtime = time.perf_counter() - t0
+    method_params = dict(result.params)
+    if batch_key is None:
+        method_params.pop("batch_mode", None)
 
     from .. import __version__
 
@@ -356,8 +377,9 @@ def impute(
             "max_epochs": max_epochs,
             "random_state": random_state,
             "filename": None if filename is None else str(filename),
+            "batch_key": batch_key,
             "world_size": n_ranks,
-            **result.params,
+            **method_params,
         }
     )
     adata.uns[key] = {

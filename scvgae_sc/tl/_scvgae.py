@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "fill_scale": "auto",
     "fill_gate": 0.4,
     "transform": "auto",
+    "batch_mode": "within",
     "batch_size": 512,
     "batching": "auto",
     "precision": "32",
@@ -118,6 +119,10 @@ def scvgae_options() -> dict[str, Any]:
         The model works on ``log1p`` of a linear layer (``"auto"`` does so for layers made by
         ``pp.normalize(method="total")``, and maps the output back with ``expm1``); ``"none"`` or
         ``"log1p"`` force it.
+    ``batch_mode`` (``"within"``)
+        With ``tl.impute(batch_key=...)``, how the graph built here (``"knn"`` only) treats batches: neighbours
+        only ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see
+        :func:`scvgae_sc.pp.cell_graph`). Unused without ``batch_key`` or with a ``graph_key``.
     ``batch_size`` (512)
         Cells per optimizer step: the encoder always propagates over the whole graph, and the heads, decoder
         and losses run on a random batch of cells, so an epoch makes ``n_cells / batch_size`` steps and the
@@ -156,6 +161,7 @@ def _validate(opts: dict[str, Any]) -> None:
         "zinb_target": ("counts", "normalized"),
         "precision": ("32", "bf16"),
         "batching": ("auto", "full", "subgraph"),
+        "batch_mode": ("within", "balanced"),
     }
     for k in ("variational", "add_back", "calibrate"):
         if not isinstance(opts[k], bool | np.bool_):
@@ -312,11 +318,13 @@ def run_scvgae(
     device: str,
     random_state: int | None,
     out: np.ndarray | None = None,
+    batch_labels: np.ndarray | None = None,
     **options: Any,
 ) -> ImputeResult:
     """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``; see :func:`scvgae_options`.
 
     ``out``: a preallocated float32 array (e.g. a :class:`numpy.memmap`) for the imputed matrix, subgraph mode only.
+    ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per batch.
     """
     opts = {**DEFAULTS, **options}
     _validate(opts)
@@ -343,7 +351,15 @@ def run_scvgae(
         if opts["graph"] == "knn"
         else {"percentile": opts["percentile"]}
     )
-    A, graph_info = resolve_graph(provided_graph, Xm, random_state=random_state, method=opts["graph"], **graph_kwargs)
+    A, graph_info = resolve_graph(
+        provided_graph,
+        Xm,
+        random_state=random_state,
+        batch=batch_labels,
+        batch_mode=opts["batch_mode"],
+        method=opts["graph"],
+        **graph_kwargs,
+    )
 
     batching = opts["batching"]
     if batching == "auto":  # tl.impute decides with the memory budget; a direct call decides by size
@@ -402,7 +418,7 @@ def run_scvgae(
         del Xm
         x_buffer = np.empty_like(x_host)
         counts_csr = sparse.csr_matrix(counts, dtype=np.float32) if opts["zinb_target"] == "counts" else None
-        sf_host = size_factors(counts) if counts_csr is not None else None
+        sf_host = size_factors(counts, batch_labels) if counts_csr is not None else None
         sampler = SubgraphSampler(gcn_adjacency(A))
         rng = np.random.default_rng(random_state)
 
@@ -450,7 +466,7 @@ def run_scvgae(
         x = dense_tensor(Xm, dev)
         if opts["zinb_target"] == "counts":
             c = dense_tensor(counts, dev)
-            sf = torch.from_numpy(size_factors(counts)).to(dev)
+            sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
         else:
             c, sf = x, None
         edge_index, edge_weight = edge_tensors(A, dev)

@@ -245,7 +245,8 @@ def subgraph_train_step(
                 nodes, P_local = sampler.neighbourhood(rows, device)
                 halo = _to(nodes[len(rows) :], device)
                 z_nodes = torch.cat([z_rows.float(), state["history"][halo]])
-                h_rows = torch.sparse.mm(P_local, z_nodes)
+                with torch.autocast(device_type=torch.device(device).type, enabled=False):
+                    h_rows = torch.sparse.mm(P_local, z_nodes)  # sparse products stay float32 under bf16
             else:
                 h_rows = z_rows
             out = mod.decode(h_rows, z_rows, _to(x_in[rows], device), r)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from scipy import sparse
@@ -92,6 +94,23 @@ def test_pynndescent_path_above_exact_limit():
 
     sc.pp.neighbors(adata, n_neighbors=10, use_rep="X", transformer="pynndescent")
     assert adata.obsp["connectivities"].shape == (n, n)
+
+
+def test_balanced_batches_above_exact_limit(monkeypatch, toy_counts):
+    """batch_mode='balanced' queries other batches with pynndescent above the exact limit (lowered here; it runs
+    right after the test above, which pays numba's compilation)."""
+    cg = importlib.import_module("scvgae_sc.pp._cell_graph")
+    sv.pp.normalize(toy_counts)
+    X = toy_counts.layers["normalized"]
+    labels = np.random.default_rng(1).permutation(np.array(["a"] * 70 + ["b"] * 50, dtype=object))
+    exact, _ = cg.compute_graph(X, n_neighbors=9, n_pcs=20, batch=labels, batch_mode="balanced")
+    monkeypatch.setattr(cg, "EXACT_KNN_MAX_CELLS", 10)
+    approx, _ = cg.compute_graph(X, n_neighbors=9, n_pcs=20, batch=labels, batch_mode="balanced")
+    assert approx.shape == exact.shape
+    assert approx.astype(bool).multiply(exact.astype(bool)).nnz > 0.9 * exact.nnz
+    assert (approx.getnnz(axis=1) >= 8).all()
+    coo = approx.tocoo()
+    assert (labels[coo.row] != labels[coo.col]).any() and (labels[coo.row] == labels[coo.col]).any()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,112 @@
+"""GNNImpute trained over cell subgraphs (``batching="subgraph"``); see :mod:`._subgraph`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from ._subgraph import SubgraphSampler
+
+
+def subgraph_train_step(
+    A: sparse.spmatrix,
+    x,
+    target,
+    sf,
+    *,
+    train_cells,
+    observed,
+    draw_mask: Callable | None,
+    corrupt: Callable,
+    mask_weight: float,
+    batch_size: int,
+    gen,
+) -> Callable:
+    """A ``train_step(module, epoch)`` yielding one loss per random batch of cells.
+
+    Each epoch draws one input corruption (``corrupt(draw_mask())``) for all cells, then visits every cell
+    once in batches: the first GAT layer of the batch from its cells and their neighbours (exact), the second
+    with the neighbours' first-layer output from a history buffer. The loss is the MSE of the decoder output
+    times the size factor against ``target`` times the size factor (the count scale) over the batch's training
+    cells, plus ``mask_weight`` × the MSE over their hidden entries. ``observed`` are the flat indices of the
+    observed non-zeros (the entries ``draw_mask`` chooses from).
+
+    Data-parallel (a process group with several ranks): all ranks draw the same corruption and permutation
+    (the same ``gen``), each trains on its share of every step's cells (:func:`~._common.sharded_batches`), and
+    the first-layer outputs of all ranks' batches are gathered into every rank's history.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..nn import rank, world_size
+    from ..nn._distributed import all_gather_rows
+    from ._common import sharded_batches, split_batches
+
+    n, n_genes = x.shape
+    dev = x.device
+    sampler = SubgraphSampler(sparse.csr_matrix(A, dtype=np.float32))
+    state: dict[str, Any] = {}
+    n_ranks, this_rank = world_size(), rank()
+
+    def first_layer(mod, x_in, rows):
+        nodes, P_local = sampler.neighbourhood(rows.cpu().numpy(), dev)
+        idx = P_local.coalesce().indices()
+        edge_index = torch.stack([idx[1], idx[0]])  # sources (neighbours) → targets (the batch)
+        xs = x_in[torch.from_numpy(nodes).to(dev)]
+        h = mod.conv1((xs, xs[: len(rows)]), edge_index)
+        return mod.dropout(torch.relu(mod.bn1(h))), nodes, edge_index
+
+    def train_step(mod, epoch: int):
+        hidden = draw_mask() if draw_mask is not None else None
+        x_in = corrupt(hidden)
+        hidden_dense = None
+        if hidden is not None and mask_weight > 0:
+            hidden_dense = torch.zeros(n * n_genes, dtype=torch.bool, device=dev)
+            hidden_dense[observed[hidden]] = True
+            hidden_dense = hidden_dense.view(n, n_genes)
+        if "history" not in state:  # every cell's first-layer output before the first step
+            with torch.no_grad():
+                h1 = []
+                for rows in torch.arange(n, device=dev).split(batch_size):
+                    h1.append(first_layer(mod, x_in, rows)[0].float())
+                state["history"] = torch.cat(h1)
+                del h1
+        order = torch.randperm(n, generator=gen, device=dev)  # the same on every rank
+        if n_ranks > 1:
+            steps = sharded_batches(order, batch_size, n_ranks)
+        else:
+            steps = [(rows,) for rows in split_batches(order, batch_size)]
+        for step_rows in steps:
+            rows = step_rows[this_rank]
+            h1, nodes, edge_index = first_layer(mod, x_in, rows)
+            halo = torch.from_numpy(nodes[len(rows) :]).to(dev)
+            h1_nodes = torch.cat([h1.float(), state["history"][halo]])
+            h2 = mod.conv2((h1_nodes.to(h1.dtype), h1), edge_index)
+            z = mod.dropout(torch.relu(mod.bn2(h2)))
+            sf_rows = sf[rows].unsqueeze(1)
+            recon = mod.decoder(z).float() * sf_rows
+            with torch.no_grad():
+                if n_ranks > 1:  # every rank's first-layer rows into every rank's history
+                    gathered = all_gather_rows(h1.detach().float(), [len(b) for b in step_rows])
+                    for rows_b, h_b in zip(step_rows, gathered, strict=True):
+                        state["history"][rows_b] = h_b
+                else:
+                    state["history"][rows] = h1.detach().float()
+            train = train_cells[rows]
+            truth = target[rows] * sf_rows
+            if not bool(train.any()):  # no training cell in this batch: nothing to learn from, keep the step
+                yield {"loss": recon.sum() * 0, "mse": recon.sum() * 0}
+                continue
+            mse = F.mse_loss(recon[train], truth[train])
+            comps = {"loss": mse, "mse": mse}
+            if hidden_dense is not None:
+                hid = hidden_dense[rows] & train.unsqueeze(1)
+                masked = F.mse_loss(recon[hid], truth[hid]) if bool(hid.any()) else recon.sum() * 0
+                comps["masked"] = masked
+                comps["loss"] = comps["loss"] + mask_weight * masked
+            yield comps
+
+    return train_step
