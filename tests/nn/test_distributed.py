@@ -64,7 +64,7 @@ def two_ranks(tmp_path_factory) -> Path:
     package_root = str(Path(sv.__file__).resolve().parents[1])
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
