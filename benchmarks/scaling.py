@@ -53,6 +53,11 @@ def run_job(job: dict) -> dict:
             return inner(self, *a, **k)
         finally:
             epochs.append((time.perf_counter() - w, _cpu() - c))
+            print(
+                f"epoch {len(epochs)}: {epochs[-1][0]:.1f} s wall, {epochs[-1][1]:.1f} s CPU",
+                file=sys.stderr,
+                flush=True,
+            )
 
     _trainer.Trainer._train_epoch = timed
     kwargs = {"batching": job["batching"]} if job["method"] == "scvgae" and job.get("batching") else {}
