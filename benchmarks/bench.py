@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="pbmc3k, one seed, 20 epochs")
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time (default 1: parallel jobs distort timings)")
     p.add_argument("--name", default=None, help="results file stem (default: scvgae / ablation / quick)")
+    p.add_argument(
+        "--resume", action="store_true", help="keep the successful records of results/<name>.json, run the rest"
+    )
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(run_job(json.loads(args.worker))))
@@ -338,6 +341,17 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = ("python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    kept: list[dict] = []
+    if args.resume and (RESULTS / f"{name}.json").exists():
+
+        def ident(r: dict) -> tuple:
+            return (r["dataset"], r["seed"], r["task"], r["method"], r.get("variant"))
+
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        kept = [r for r in old["records"] if "error" not in r and ident(r) in {ident(j) for j in jobs}]
+        jobs = [j for j in jobs if ident(j) not in {ident(r) for r in kept}]
+        cmd = old["command"].replace(" [partial: still running or stopped]", "") + " (resumed)"
+        print(f"resuming {name}: {len(kept)} records kept, {len(jobs)} job(s) to run", flush=True)
     global _PARALLEL
     _PARALLEL = args.parallel
     m = None
@@ -358,11 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         futures = [pool.submit(one, i, job) for i, job in enumerate(jobs)]
         for future in as_completed(futures):
             future.result()
-            records = [done[i] for i in sorted(done)]
+            records = kept + [done[i] for i in sorted(done)]
             m = m or machine(jobs)
             partial = {"machine": m, "command": cmd + " [partial: still running or stopped]", "records": records}
             (RESULTS / f"{name}.json").write_text(json.dumps(partial, indent=1))
-    records = [done[i] for i in sorted(done)]
+    records = kept + [done[i] for i in sorted(done)]
     total = time.perf_counter() - t_start
     md = [f"# Benchmark `{name}`\n", f"Command: `{cmd.strip()}` — total {total / 60:.1f} min.\n"]
     m = m or machine(jobs)
