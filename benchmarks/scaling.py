@@ -60,7 +60,7 @@ def run_job(job: dict) -> dict:
             )
 
     _trainer.Trainer._train_epoch = timed
-    kwargs = {"batching": job["batching"]} if job["method"] == "scvgae" and job.get("batching") else {}
+    kwargs = {"batching": job["batching"]} if job.get("batching") else {}
     t0, c0 = time.perf_counter(), _cpu()
     sv.tl.impute(
         adata,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["scvgae", "gnnimpute"])
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batching", default="auto", help="scVGAE's batching option (auto, full, subgraph)")
+    p.add_argument("--batching", default="auto", help="the methods' batching option (auto, full, subgraph)")
     p.add_argument("--name", default="scaling")
     args = p.parse_args(argv)
     if args.worker:
