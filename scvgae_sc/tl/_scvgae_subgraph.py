@@ -59,14 +59,21 @@ def embed(module, sampler: SubgraphSampler, x: np.ndarray, dev, chunk: int):
     return z, h
 
 
-def reconstructions(module, sampler: SubgraphSampler, x_in: np.ndarray, dev, chunk: int) -> Iterator:
-    """Yield ``(rows, recon_rows)`` (eval mode, no gradients) over all cells, ``chunk`` rows at a time."""
+def reconstructions(
+    module, sampler: SubgraphSampler, x_in: np.ndarray, dev, chunk: int, latent: list | None = None
+) -> Iterator:
+    """Yield ``(rows, recon_rows)`` (eval mode, no gradients) over all cells, ``chunk`` rows at a time.
+
+    ``latent``, when given, receives every cell's latent (appended before the first chunk is yielded).
+    """
     import torch
 
     was_training = module.training
     module.eval()
     try:
         z, h = embed(module, sampler, x_in, dev, chunk)
+        if latent is not None:
+            latent.append(z)
         with torch.no_grad():
             for start in range(0, sampler.n, chunk):
                 rows = np.arange(start, min(start + chunk, sampler.n))
@@ -75,7 +82,6 @@ def reconstructions(module, sampler: SubgraphSampler, x_in: np.ndarray, dev, chu
                 yield rows, out["recon"].float()
     finally:
         module.train(was_training)
-    module.last_latent = z  # read by predict (the latent of the last pass)
 
 
 def _detection(graph: sparse.spmatrix, observed: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
@@ -128,7 +134,8 @@ def predict_scvgae_subgraph(
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
     rate_of = _detection(graph, sparse.csr_matrix(x > 0)) if (output == "fill" and fill_gate > 0) else None
-    for rows, recon in reconstructions(module, sampler, x, device, chunk):
+    latent: list = []
+    for rows, recon in reconstructions(module, sampler, x, device, chunk, latent):
         if output == "fill":
             rate = rate_of(rows) if rate_of is not None else None
             recon = _fill_rows(recon, x[rows], rate, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale)
@@ -146,9 +153,7 @@ def predict_scvgae_subgraph(
             np.clip(out[rows], 0, None, out=out[rows])
             if transform == "log1p":
                 np.expm1(out[rows], out=out[rows])
-    latent = module.last_latent.cpu().numpy()
-    del module.last_latent
-    return out, np.ascontiguousarray(latent, dtype=np.float32)
+    return out, np.ascontiguousarray(latent[0].cpu().numpy(), dtype=np.float32)
 
 
 def fit_fill_scale_subgraph(
@@ -181,7 +186,6 @@ def fit_fill_scale_subgraph(
             truth = np.expm1(truth)
         num += float(pred @ truth)
         den += float(pred @ pred)
-    del module.last_latent
     return num / den if den > 0 else 1.0
 
 
