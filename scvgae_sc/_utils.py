@@ -240,7 +240,7 @@ def memory_budget(max_memory: float | None) -> float | None:
     return available_memory()
 
 
-def check_memory(need: float, *, what: str, max_memory: float | None = None) -> None:
+def check_memory(need: float, *, what: str, max_memory: float | None = None, hint: str = "") -> None:
     """Refuse, with the figures, work that needs ``need`` bytes when fewer are available.
 
     Parameters
@@ -251,6 +251,8 @@ def check_memory(need: float, *, what: str, max_memory: float | None = None) -> 
         What needs them, for the message (``"imputing 700 × 765 cells × genes"``).
     max_memory
         Bytes allowed; ``None``: :func:`available_memory` (the check is skipped when that is unknown).
+    hint
+        Another way out, appended to the message.
     """
     if max_memory is not None:
         limit = memory_budget(max_memory)
@@ -264,5 +266,5 @@ def check_memory(need: float, *, what: str, max_memory: float | None = None) -> 
     if need > limit:
         raise ValueError(
             f"{what} needs about {need / 1e9:.2f} GB of memory, but {have}. Use fewer cells or genes (e.g. highly "
-            "variable genes), or pass max_memory= (bytes) if you know better than the estimate."
+            "variable genes), or pass max_memory= (bytes) if you know better than the estimate." + hint
         )

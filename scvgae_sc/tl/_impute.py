@@ -319,6 +319,11 @@ def impute(
         what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type} "
         f"(batching={batching!r})",
         max_memory=max_memory,
+        hint=(
+            " Or pass filename= to write the imputed matrix to disk instead of memory (one dense copy less)."
+            if method == "scvgae" and batching == "subgraph" and filename is None
+            else ""
+        ),
     )
 
     if method == "scvgae":
