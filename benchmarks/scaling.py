@@ -112,11 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batching", default="auto", help="the methods' batching option (auto, full, subgraph)")
     p.add_argument("--name", default="scaling")
+    p.add_argument(
+        "--add",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="also list these records (a worker's JSON line, or a results/<name>.json) in the table; "
+        "they join the fits (time per epoch and peak memory do not depend on the number of epochs)",
+    )
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(run_job(json.loads(args.worker))))
         return 0
     records = []
+    for path in args.add:
+        text = Path(path).read_text().strip()
+        loaded = json.loads(text.splitlines()[-1]) if not text.startswith("{\n") else json.loads(text)
+        records.extend(loaded["records"] if "records" in loaded else [loaded])
     for method in args.methods:
         for n in args.cells:
             job = {"method": method, "n_cells": n, "n_genes": args.genes, "epochs": args.epochs, "device": args.device}
