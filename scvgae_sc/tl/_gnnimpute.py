@@ -124,7 +124,8 @@ def gnnimpute_options() -> dict[str, Any]:
         GAT layer is computed exactly from its cells and their neighbours, its second layer reads the
         neighbours' first-layer output from a history buffer (refreshed whenever a cell is in a batch, so at
         most one epoch old; historical embeddings as GNNAutoScale), and the loss covers the batch's
-        training cells. Memory: about 8 dense copies of the data instead of 28; validation and prediction
+        training cells. Memory: about 14 dense copies of the data instead of 28 (the whole-graph passes
+        hold attention messages for every edge); validation and prediction
         run on the whole graph without gradients. ``"auto"`` picks ``"subgraph"`` when full-batch training
         would not fit the memory budget (``max_memory`` of :func:`~scvgae_sc.tl.impute`). Under ``torchrun``,
         ``"subgraph"`` shares each epoch's batches among the processes; ``"full"`` runs the same step in each.
