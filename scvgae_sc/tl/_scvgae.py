@@ -215,15 +215,19 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
     return recon, z.float()
 
 
-def _fill(recon, x, observed, *, transform: str, fill_gate: float, fill_scale: float, graph):
-    """In place on ``recon``: the ``output="fill"`` matrix on the input layer's scale (see :func:`scvgae_options`)."""
+def _fill(recon, x, observed, *, transform: str, fill_gate: float, fill_scale: float, graph=None, rate=None):
+    """In place on ``recon``: the ``output="fill"`` matrix on the input layer's scale (see :func:`scvgae_options`).
+
+    ``x`` / ``observed``: the input rows and their non-zeros, whose values are kept (``x=None``: none kept).
+    The gate's detection rate is ``rate`` when given (rows of it), else computed from ``graph`` and ``observed``.
+    """
     import torch
 
     recon.clamp_(min=0)
     if transform == "log1p":
         recon.expm1_()
     if fill_gate > 0:
-        rate = detection_rate(graph, recon.device)(observed)
+        rate = detection_rate(graph, recon.device)(observed) if rate is None else rate
         recon.mul_(rate.div_(fill_gate).clamp_(max=1.0))
         del rate
     if fill_scale != 1.0:

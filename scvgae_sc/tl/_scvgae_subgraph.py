@@ -92,21 +92,15 @@ def _detection(graph: sparse.spmatrix, observed: sparse.csr_matrix) -> Callable[
 
 
 def _fill_rows(recon, x_rows, rate, *, transform: str, fill_gate: float, fill_scale: float):
-    """``_fill`` of :mod:`._scvgae` on a chunk of rows (``x_rows`` the input rows, ``None``: keep no values)."""
+    """:func:`._scvgae._fill` on a chunk of rows (``x_rows`` the input rows as NumPy, ``None``: keep no values)."""
     import torch
 
-    recon.clamp_(min=0)
-    if transform == "log1p":
-        recon.expm1_()
-    if fill_gate > 0:
-        recon.mul_(torch.from_numpy(rate).to(recon.device).div_(fill_gate).clamp_(max=1.0))
-    if fill_scale != 1.0:
-        recon.mul_(fill_scale)
-    if x_rows is not None:
-        xr = torch.from_numpy(x_rows).to(recon.device)
-        observed = xr > 0
-        recon[observed] = torch.expm1(xr[observed]) if transform == "log1p" else xr[observed]
-    return recon
+    from ._scvgae import _fill
+
+    xr = None if x_rows is None else torch.from_numpy(x_rows).to(recon.device)
+    rate = None if rate is None else torch.from_numpy(rate).to(recon.device)
+    observed = None if xr is None else xr > 0
+    return _fill(recon, xr, observed, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale, rate=rate)
 
 
 def predict_scvgae_subgraph(
