@@ -201,7 +201,7 @@ def subgraph_train_step(
 ) -> Callable:
     """A ``train_step(module, epoch)`` for :class:`~scvgae_sc.nn.Trainer` yielding one loss per random batch.
 
-    Each epoch hides a fresh ``mask_rate`` of the observed entries in ``x_in`` (a buffer the shape of ``x``),
+    Each epoch hides a fresh ``mask_rate`` of the observed entries in ``x_in`` (a buffer the shape of ``x``).
     The latent history of every cell is computed once before the first step (no gradients); afterwards each
     batch refreshes its own rows, so a neighbour's latent is at most one epoch old.
     ``counts`` is ``None`` when the ZINB term models the input itself (``zinb_target="normalized"``).
