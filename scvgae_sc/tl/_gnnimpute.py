@@ -124,9 +124,9 @@ def gnnimpute_options() -> dict[str, Any]:
         GAT layer is computed exactly from its cells and their neighbours, its second layer reads the
         neighbours' first-layer output from a history buffer (refreshed whenever a cell is in a batch, so at
         most one epoch old; historical embeddings as GNNAutoScale), and the loss covers the batch's
-        training cells. Memory: about 14 dense copies of the data instead of 28 (the whole-graph passes
-        hold attention messages for every edge); validation and prediction
-        run on the whole graph without gradients. ``"auto"`` picks ``"subgraph"`` when full-batch training
+        training cells. Memory: about 10 dense copies of the data instead of 28; validation and prediction
+        run exactly, in chunks of ``batch_size`` cells (whole-graph passes would hold attention messages for
+        every edge). ``"auto"`` picks ``"subgraph"`` when full-batch training
         would not fit the memory budget (``max_memory`` of :func:`~scvgae_sc.tl.impute`). Under ``torchrun``,
         ``"subgraph"`` shares each epoch's batches among the processes; ``"full"`` runs the same step in each.
     ``progress_bar`` (None)
@@ -252,13 +252,16 @@ def predict_gnnimpute(
     fill_gate: float = 0.0,
     fill_scale: float = 1.0,
     graph: sparse.spmatrix | None = None,
+    batching: str = "full",
+    chunk: int = 512,
 ):
     """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` and its input ``x``.
 
     ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and ``latent``
     float32 NumPy arrays; ``target`` is the input layer as a dense tensor. ``fill_gate`` needs the cell ``graph``
     (see :func:`gnnimpute_options`); ``fill_scale`` is the fitted factor. The one prediction path of
-    :func:`run_gnnimpute` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    :func:`run_gnnimpute` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
+    runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory).
     """
     import torch
 
@@ -267,7 +270,12 @@ def predict_gnnimpute(
     try:
         with torch.no_grad():
             # without size factors the decoder output is on the input layer's scale
-            out = module(x, edge_index)
+            if batching == "subgraph":
+                from ._gnnimpute_subgraph import forward_chunked
+
+                out = forward_chunked(module, x, graph, chunk=chunk)
+            else:
+                out = module(x, edge_index)
     finally:
         module.train(was_training)
     pred = out["recon"].float().clamp_min(0)
@@ -443,8 +451,15 @@ def run_gnnimpute(
             gen=gen,
         )
 
+    def forward(module, x_in, factors=None):
+        if batching == "subgraph":  # chunked: whole-graph attention messages would dominate the memory
+            from ._gnnimpute_subgraph import forward_chunked
+
+            return forward_chunked(module, x_in, A, factors, chunk=min(int(opts["batch_size"]), n_cells))
+        return module(x_in, edge_index, factors)
+
     def val_step(module):
-        out = module(corrupt(val_hidden), edge_index, sf)
+        out = forward(module, corrupt(val_hidden), sf)
         return losses(out, val_rows, val_target, val_hidden & in_val if use_mask else None)
 
     trainer = Trainer(
@@ -474,12 +489,13 @@ def run_gnnimpute(
         flat = observed[hidden]
         visible = target > 0
         visible.view(-1)[flat] = False
-        fill = trainer.predict(lambda m: m(corrupt(hidden), edge_index))["recon"].float().clamp_min(0)
+        fill = trainer.predict(lambda m: forward(m, corrupt(hidden)))["recon"].float().clamp_min(0)
         scale = least_squares_scale(
             gate_fill(fill, visible, propagate, gate).reshape(-1)[flat], target.reshape(-1)[flat]
         )
         del fill, visible, propagate
-    predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale)}
+    predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale), "batching": batching}
+    predict_kwargs["chunk"] = min(int(opts["batch_size"]), n_cells)
     pred, imputed, latent = predict_gnnimpute(model, x, edge_index, target, graph=A, **predict_kwargs)
     if test_cells.any():
         test_rows = torch.from_numpy(np.flatnonzero(test_cells)).to(dev)

@@ -110,3 +110,41 @@ def subgraph_train_step(
             yield comps
 
     return train_step
+
+
+def forward_chunked(module, x, graph: sparse.spmatrix, size_factors=None, *, chunk: int = 512) -> dict[str, Any]:
+    """The whole-graph forward of a :class:`~scvgae_sc.nn.GNNImputeModule` in chunks of target cells, exactly.
+
+    For evaluation without gradients (call it in eval mode under :func:`torch.no_grad`). Each GAT layer runs
+    chunk by chunk on the chunk's cells and their neighbours (bipartite), so the attention messages — edges ×
+    heads × hidden, the largest object of a whole-graph pass — exist for one chunk at a time. Returns
+    ``{"recon", "z"}`` as :meth:`~scvgae_sc.nn.GNNImputeModule.forward` does.
+    """
+    import torch
+
+    n = x.shape[0]
+    sampler = SubgraphSampler(sparse.csr_matrix(graph, dtype=np.float32))
+    dev = x.device
+    pieces = []
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        nodes, P_local = sampler.neighbourhood(rows, dev)
+        idx = P_local.coalesce().indices()
+        pieces.append((torch.from_numpy(nodes).to(dev), torch.stack([idx[1], idx[0]]), len(rows)))
+
+    def layer(conv, bn, h):
+        out = []
+        for nodes, edge_index, m in pieces:
+            hs = h[nodes]
+            out.append(module.dropout(torch.relu(bn(conv((hs, hs[:m]), edge_index)))).float())
+        return torch.cat(out)
+
+    z = layer(module.conv2, module.bn2, layer(module.conv1, module.bn1, x))
+    recon = torch.empty((n, module.n_genes), dtype=torch.float32, device=dev)
+    for start in range(0, n, chunk):
+        sl = slice(start, min(start + chunk, n))
+        r = module.decoder(z[sl]).float()
+        if size_factors is not None:
+            r = r * size_factors[sl].to(r.dtype).unsqueeze(1)
+        recon[sl] = r
+    return {"recon": recon, "z": z}
