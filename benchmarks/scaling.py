@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--cells", nargs="+", type=int, default=[10_000, 20_000])
     p.add_argument("--genes", type=int, default=2000)
-    p.add_argument("--methods", nargs="+", default=["scvgae", "gnnimpute"])
+    p.add_argument("--methods", nargs="*", default=["scvgae", "gnnimpute"], help="none: only list --add records")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--batching", default="auto", help="the methods' batching option (auto, full, subgraph)")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{head} {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {ew:.1f} | {ec:.1f} | {r['epochs_run']} | "
                 f"{r['data_mb']:.0f} | {r['peak_mb']:.0f} |"
             )
-    for method in args.methods:
+    for method in dict.fromkeys(r["method"] for r in records):
         ok = [r for r in records if r["method"] == method and "error" not in r]
         cells = [r["n_cells"] for r in ok]
         e_t = _fit_exponent(cells, [_per_epoch(r)[1] for r in ok])

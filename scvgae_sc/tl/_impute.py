@@ -30,7 +30,7 @@ DENSE_COPIES_HOST = 4
 #: With ``batching="subgraph"``: scVGAE holds the input, its masked copy, the masks and the output (one copy less
 #: when the output goes to a file); GNNImpute also the target and the validation and prediction passes, which
 #: run in chunks of cells. Activations are per batch. Measured above the data on simulated cells × 2,000 genes
-#: (``benchmarks/results/scaling.md``): scVGAE 4.1 copies at 100,000 cells, GNNImpute 8.7 at 30,000.
+#: (``benchmarks/results/scaling.md``): scVGAE 4.1 copies at 100,000 cells, GNNImpute 7.0 (8.7 at 30,000).
 DENSE_COPIES_SUBGRAPH = {"scvgae": 5, "gnnimpute": 10}
 
 
