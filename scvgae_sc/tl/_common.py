@@ -131,6 +131,13 @@ def sharded_batches(order: torch.Tensor, batch_size: int, world_size: int) -> li
     return [tuple(parts[i * world_size : (i + 1) * world_size]) for i in range(k)]
 
 
+def epoch_steps(order: torch.Tensor, batch_size: int, world_size: int = 1) -> list[tuple[torch.Tensor, ...]]:
+    """Every rank's batch of each optimizer step: :func:`sharded_batches`, or one-batch steps in one process."""
+    if world_size > 1:
+        return sharded_batches(order, batch_size, world_size)
+    return [(rows,) for rows in split_batches(order, batch_size)]
+
+
 def progress_enabled(progress_bar: bool | None) -> bool:
     """Show progress bars at Scanpy verbosity ``info`` (the default) or above, unless told otherwise."""
     if progress_bar is not None:

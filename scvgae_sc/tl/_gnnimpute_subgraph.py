@@ -43,7 +43,7 @@ def subgraph_train_step(
 
     from ..nn import rank, world_size
     from ..nn._distributed import all_gather_rows
-    from ._common import sharded_batches, split_batches
+    from ._common import epoch_steps
 
     n, n_genes = x.shape
     dev = x.device
@@ -75,11 +75,7 @@ def subgraph_train_step(
                 state["history"] = torch.cat(h1)
                 del h1
         order = torch.randperm(n, generator=gen, device=dev)  # the same on every rank
-        if n_ranks > 1:
-            steps = sharded_batches(order, batch_size, n_ranks)
-        else:
-            steps = [(rows,) for rows in split_batches(order, batch_size)]
-        for step_rows in steps:
+        for step_rows in epoch_steps(order, batch_size, n_ranks):
             rows = step_rows[this_rank]
             h1, nodes, edge_index = first_layer(mod, x_in, rows)
             halo = torch.from_numpy(nodes[len(rows) :]).to(dev)

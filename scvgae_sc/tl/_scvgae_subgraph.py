@@ -215,7 +215,7 @@ def subgraph_train_step(
 
     from ..nn import rank, world_size
     from ..nn._distributed import all_gather_rows
-    from ._common import sharded_batches, split_batches
+    from ._common import epoch_steps
 
     n = x.shape[0]
     state: dict[str, Any] = {}
@@ -229,11 +229,7 @@ def subgraph_train_step(
             # every cell's latent before the first step; later each batch refreshes its own rows
             state["history"], _ = embed(mod, sampler, x_in, device, chunk)
         order = torch.from_numpy(rng.permutation(n))
-        if n_ranks > 1:
-            steps = sharded_batches(order, batch_size, n_ranks)
-        else:
-            steps = [(rows_t,) for rows_t in split_batches(order, batch_size)]
-        for step_rows in steps:
+        for step_rows in epoch_steps(order, batch_size, n_ranks):
             rows_t = step_rows[this_rank]
             rows = rows_t.numpy()
             r = rows_t.to(device)
