@@ -67,6 +67,8 @@ ABLATIONS = {
     "bf16": {"precision": "bf16"},
     "subgraph mini-batches": {"batching": "subgraph"},
     "subgraph mini-batches, bf16": {"batching": "subgraph", "precision": "bf16"},
+    "40 epochs, lr 2.5e-3": {"max_epochs": 40, "lr": 2.5e-3},
+    "40 epochs, lr 2.5e-3, bf16": {"max_epochs": 40, "lr": 2.5e-3, "precision": "bf16"},
 }
 
 #: GNNImpute variants (``--ablation --method gnnimpute``).
@@ -75,6 +77,7 @@ GNN_ABLATIONS = {
     "bf16": {"precision": "bf16"},
     "patience 100": {"patience": 100},
     "bf16, patience 100": {"precision": "bf16", "patience": 100},
+    "bf16, patience 100, lr 2e-3": {"precision": "bf16", "patience": 100, "lr": 2e-3},
     "fill gated (fill_gate=0.4, scVGAE's default)": {"fill_gate": 0.4},
     "no self-supervised masking (published)": {"mask_rate": 0.0},
 }
