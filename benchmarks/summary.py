@@ -10,6 +10,7 @@ One command runs everything and writes ``benchmarks/results/summary.md``, ``.jso
 alone (``--run --methods scvgae``) and merged with the others::
 
     results/peers.json      none, alra, magic, scvi      (bench.py --methods none alra magic scvi --name peers)
+    results/baselines.json  knn_fill, knn_fill_gated     (bench.py --methods knn_fill knn_fill_gated --name baselines)
     results/scvgae.json     scvgae                       (bench.py --methods scvgae --name scvgae)
     results/gnnimpute.json  gnnimpute                    (bench.py --methods gnnimpute --name gnnimpute)
 
@@ -37,8 +38,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DATASETS = ("pbmc68k", "pbmc3k", "bladder", "baron_mouse")
 PEER_METHODS = ("none", "alra", "magic", "scvi")
+#: Model-free baselines (bench.py BASELINES): run in the main environment, listed with the peers.
+BASELINE_METHODS = ("knn_fill", "knn_fill_gated")
 OURS = ("scvgae", "gnnimpute")
-ORDER = (*PEER_METHODS, *OURS)
+ORDER = (*PEER_METHODS, *BASELINE_METHODS, *OURS)
 #: (key, heading, higher is better)
 CLUSTERING = [
     (f"{p}_{m}", f"{p.capitalize() if p == 'paper' else 'Leiden'} {m.upper()}", True)
@@ -47,7 +50,7 @@ CLUSTERING = [
 ]
 MASKED = [("mse", "MSE", False), ("mae", "MAE", False), ("pearson", "Pearson", True), ("cosine", "cosine", True)]
 COST = [("seconds", "s", ".1f"), ("peak_mb", "peak MB", ".0f"), ("epochs", "epochs", ".0f")]
-RIVALS = ("magic", "scvi")
+RIVALS = ("magic", "scvi", "knn_fill", "knn_fill_gated")
 
 
 def load_records(paths: list[Path]) -> tuple[list[dict], dict]:
@@ -118,7 +121,7 @@ def _fmt(cell: dict | None, fmt: str = ".3f", bold: bool = False) -> str:
 
 def render(tab: dict, win: dict, machines: dict, title: str, records: list[dict], note: str | None = None) -> str:
     """The summary as markdown; its first line is the win count."""
-    names = {"magic": "MAGIC", "scvi": "scVI"}
+    names = {"magic": "MAGIC", "scvi": "scVI", "knn_fill": "the 15-NN fill", "knn_fill_gated": "the gated 15-NN fill"}
     parts = []
     for ours in OURS:
         counts = [
@@ -330,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         peers = [m for m in args.methods if m in PEER_METHODS]
         if peers:
             run_bench(peers, prefix + "peers", args.datasets, args.seeds, args.max_epochs)
+        baselines = [m for m in args.methods if m in BASELINE_METHODS]
+        if baselines:
+            run_bench(baselines, prefix + "baselines", args.datasets, args.seeds, None)
         for ours in (m for m in args.methods if m in OURS):
             run_bench([ours], prefix + ours, args.datasets, args.seeds, args.max_epochs)
-    inputs = args.inputs or [RESULTS / f"{prefix}{n}.json" for n in ("peers", *OURS)]
+    inputs = args.inputs or [RESULTS / f"{prefix}{n}.json" for n in ("peers", "baselines", *OURS)]
     inputs = [f for f in inputs if f.exists()]
     if not inputs:
         raise SystemExit("no result files to summarize; run with --run (or --quick) first.")
