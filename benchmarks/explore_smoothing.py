@@ -1,7 +1,8 @@
 """Model-free baselines: how much does averaging over the cell graph alone move the clustering scores?
 
 Scores, on one dataset's clustering task (``pp.filter`` → ``pp.normalize`` → the sqrt layer) or masked task
-(``bench.py``'s protocol, ``--task masked``), the un-imputed layer and simple neighbourhood fills computed from a k-NN graph (``pp.cell_graph``, the cell included):
+(``bench.py``'s protocol, ``--task masked``), the un-imputed layer and simple neighbourhood fills computed from a
+k-NN graph (``pp.cell_graph``, the cell included):
 
 - ``smooth``: every entry replaced by the mean over the cell's neighbourhood;
 - ``fill mean``: observed values kept, zeros filled with the mean of the neighbourhood's non-zeros;
@@ -56,9 +57,9 @@ def knn_fill(adata, layer: str, *, n_neighbors: int = 15, gate: float = 0.0, gra
 
 def main(argv: list[str] | None = None) -> int:
     import scanpy as sc
+    from bench import load
 
     import scvgae_sc as sv
-    from bench import load
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="pbmc68k, or a ../shared/data file stem (pbmc3k, bladder, baron_mouse)")
