@@ -1,0 +1,66 @@
+"""The benchmark's model-free baseline (benchmarks/explore_smoothing.py::knn_fill)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scvgae_sc as sv
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def smoothing():
+    sys.path.insert(0, str(BENCH))  # explore_smoothing imports bench
+    try:
+        spec = importlib.util.spec_from_file_location("bench_smoothing", BENCH / "explore_smoothing.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+@pytest.fixture(scope="module")
+def adata():
+    a = sv.datasets.pbmc68k()
+    sv.pp.filter(a)
+    sv.pp.normalize(a)
+    return a
+
+
+def test_fill_is_the_neighbourhood_mean_of_non_zeros(smoothing, adata):
+    a = adata.copy()
+    X = a.layers["normalized"]
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    Y = smoothing.knn_fill(a, "normalized", n_neighbors=15)
+    assert Y.shape == X.shape and Y.dtype == np.float32
+    observed = X > 0
+    np.testing.assert_array_equal(Y[observed], X[observed].astype(np.float32))  # observed values kept
+
+    # one zero by hand: the mean of the gene's non-zero values among the cell and its graph neighbours
+    C = a.obsp["smooth15_connectivities"].tocsr()
+    cells, genes = np.nonzero(~observed)
+    for cell, gene in list(zip(cells, genes, strict=True))[:: max(1, len(cells) // 50)]:
+        hood = np.append(C.indices[C.indptr[cell] : C.indptr[cell + 1]], cell)
+        values = X[hood, gene]
+        expected = values[values > 0].mean() if (values > 0).any() else 0.0
+        assert Y[cell, gene] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert (Y[~observed] > 0).mean() > 0.3  # it does fill
+
+
+def test_gate_scales_fills_down_where_the_neighbourhood_rarely_detects(smoothing, adata):
+    a = adata.copy()
+    free = smoothing.knn_fill(a, "normalized", n_neighbors=15)
+    gated = smoothing.knn_fill(a, "normalized", n_neighbors=15, gate=0.4)
+    X = a.layers["normalized"]
+    observed = (X.toarray() if sparse.issparse(X) else np.asarray(X)) > 0
+    np.testing.assert_array_equal(gated[observed], free[observed])
+    assert np.all(gated[~observed] <= free[~observed] + 1e-6)
+    assert (gated[~observed] < free[~observed] - 1e-6).any()
