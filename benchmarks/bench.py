@@ -166,14 +166,10 @@ def run_job(job: dict) -> dict:
         record["data_mb"] = base_mb
         layer = method
     elif method in BASELINES:
-        import numpy as np
-        from explore_smoothing import knn_fill
+        from explore_smoothing import knn_fill, log1p_layer
 
-        graph_layer = impute_kw["layer"]
-        if task == "masked":  # the graph on log1p of the linear layer, as the models build theirs
-            adata.layers["masked_log1p"] = adata.layers["masked"].copy()
-            adata.layers["masked_log1p"].data = np.log1p(adata.layers["masked_log1p"].data)
-            graph_layer = "masked_log1p"
+        # the graph on log1p of the masked task's linear layer, as the models build theirs
+        graph_layer = log1p_layer(adata, "masked") if task == "masked" else impute_kw["layer"]
         t0, c0 = time.perf_counter(), cpu_seconds()
         adata.layers[method] = knn_fill(
             adata, impute_kw["layer"], n_neighbors=15, gate=BASELINES[method], graph_layer=graph_layer

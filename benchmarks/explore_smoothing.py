@@ -38,6 +38,17 @@ def neighbourhood_operator(adata, n_neighbors: int, layer: str) -> sparse.csr_ma
     return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(C.sum(axis=1)).ravel()) @ C)
 
 
+def log1p_layer(adata, layer: str) -> str:
+    """Write ``log1p`` of a sparse linear layer to ``layers[f"{layer}_log1p"]`` and return that key.
+
+    The models build their graph on ``log1p`` of a linear layer (``transform="log1p"``); the baselines do too.
+    """
+    key = f"{layer}_log1p"
+    adata.layers[key] = adata.layers[layer].copy()
+    adata.layers[key].data = np.log1p(adata.layers[key].data)
+    return key
+
+
 def knn_fill(adata, layer: str, *, n_neighbors: int = 15, gate: float = 0.0, graph_layer: str | None = None):
     """The model-free baseline of ``bench.py`` (methods ``knn_fill`` / ``knn_fill_gated``).
 
@@ -80,16 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         sv.pp.normalize(adata, method="total", key_added="total")
         sv.pp.mask_dropouts(adata, layer="total", random_state=args.seed)
         layer = "masked"
-        # the models build their graph on log1p of a linear layer (transform="log1p"); so does this baseline
-        adata.layers["masked_log1p"] = adata.layers["masked"].copy()
-        adata.layers["masked_log1p"].data = np.log1p(adata.layers["masked_log1p"].data)
+    graph_layer = log1p_layer(adata, layer) if args.task == "masked" else layer
     X = adata.layers[layer]
     X = np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
     observed = (X > 0).astype(np.float32)
 
     variants: dict[str, np.ndarray] = {"un-imputed": X}
     for k in args.neighbors:
-        C = neighbourhood_operator(adata, k, layer + ("_log1p" if args.task == "masked" else ""))
+        C = neighbourhood_operator(adata, k, graph_layer)
         rate = C @ observed
         mean_all = C @ X
         mean_nonzero = mean_all / np.maximum(rate, 1e-6)
