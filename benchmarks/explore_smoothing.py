@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from scvgae_sc._utils import to_dense_array
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -49,6 +51,20 @@ def log1p_layer(adata, layer: str) -> str:
     return key
 
 
+def neighbourhood_fills(X: np.ndarray, C: sparse.csr_matrix, gate: float) -> dict[str, np.ndarray]:
+    """``smooth`` (every entry ← neighbourhood mean), ``fill`` and ``gated`` (see the module docstring) of dense
+    ``X`` under the averaging operator ``C``."""
+    observed = X > 0
+    rate = C @ observed.astype(np.float32)
+    smooth = C @ X
+    fill = smooth / np.maximum(rate, 1e-6)
+    return {
+        "smooth": smooth,
+        "fill": np.where(observed, X, fill),
+        "gated": np.where(observed, X, fill * np.minimum(1.0, rate / gate)) if gate > 0 else None,
+    }
+
+
 def knn_fill(adata, layer: str, *, n_neighbors: int = 15, gate: float = 0.0, graph_layer: str | None = None):
     """The model-free baseline of ``bench.py`` (methods ``knn_fill`` / ``knn_fill_gated``).
 
@@ -56,14 +72,9 @@ def knn_fill(adata, layer: str, *, n_neighbors: int = 15, gate: float = 0.0, gra
     the cell's ``n_neighbors``-NN neighbourhood (``pp.cell_graph`` on ``graph_layer``, default ``layer``; the cell
     included), times ``min(1, detection rate / gate)`` when ``gate > 0`` (scVGAE's ``fill_gate``).
     """
-    X = adata.layers[layer]
-    X = np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
-    C = neighbourhood_operator(adata, n_neighbors, graph_layer or layer)
-    rate = C @ (X > 0).astype(np.float32)
-    fill = (C @ X) / np.maximum(rate, 1e-6)
-    if gate > 0:
-        fill *= np.minimum(1.0, rate / gate)
-    return np.where(X > 0, X, fill).astype(np.float32)
+    X = to_dense_array(adata.layers[layer])
+    fills = neighbourhood_fills(X, neighbourhood_operator(adata, n_neighbors, graph_layer or layer), gate)
+    return (fills["gated"] if gate > 0 else fills["fill"]).astype(np.float32)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,47 +97,48 @@ def main(argv: list[str] | None = None) -> int:
     sv.pp.filter(adata)
     if args.task == "clustering":
         sv.pp.normalize(adata)
-        layer = "normalized"
-    else:  # bench.py's masked task: the graph is built on the masked layer (log1p inside pp.cell_graph)
+        layer = graph_layer = "normalized"
+    else:  # bench.py's masked task; the graph on log1p of the masked linear layer
         sv.pp.normalize(adata, method="total", key_added="total")
         sv.pp.mask_dropouts(adata, layer="total", random_state=args.seed)
         layer = "masked"
-    graph_layer = log1p_layer(adata, layer) if args.task == "masked" else layer
-    X = adata.layers[layer]
-    X = np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float32)
-    observed = (X > 0).astype(np.float32)
+        graph_layer = log1p_layer(adata, layer)
+    X = to_dense_array(adata.layers[layer])
 
     variants: dict[str, np.ndarray] = {"un-imputed": X}
     for k in args.neighbors:
-        C = neighbourhood_operator(adata, k, graph_layer)
-        rate = C @ observed
-        mean_all = C @ X
-        mean_nonzero = mean_all / np.maximum(rate, 1e-6)
-        variants[f"{k}-NN smooth"] = mean_all
-        variants[f"{k}-NN fill mean"] = np.where(X > 0, X, mean_nonzero)
-        variants[f"{k}-NN fill mean, gated {args.gate}"] = np.where(
-            X > 0, X, mean_nonzero * np.minimum(1.0, rate / args.gate)
-        )
+        fills = neighbourhood_fills(X, neighbourhood_operator(adata, k, graph_layer), args.gate)
+        variants[f"{k}-NN smooth"] = fills["smooth"]
+        variants[f"{k}-NN fill mean"] = fills["fill"]
+        variants[f"{k}-NN fill mean, gated {args.gate}"] = fills["gated"]
 
-    rows = []
-    print(f"{args.dataset}, {args.task}: {adata.n_obs} x {adata.n_vars}")
     if args.task == "masked":
-        print("| variant | Pearson | MSE | MAE | cosine |\n| --- | --- | --- | --- | --- |")
-        for name, Y in variants.items():
-            adata.layers["_variant"] = np.asarray(Y, dtype=np.float32)
-            s = sv.tl.score_imputation(adata, "_variant", truth_layer="total")
-            rows.append({"variant": name, **s})
-            print(f"| {name} | {s['pearson']:.3f} | {s['mse']:.3f} | {s['mae']:.3f} | {s['cosine']:.3f} |")
-        if args.out:
-            args.out.write_text(json.dumps({"dataset": args.dataset, "task": args.task, "rows": rows}, indent=1))
-        return 0
-    print("| variant | paper ARI | paper AMI | Leiden ARI | Leiden AMI |\n| --- | --- | --- | --- | --- |")
+        columns = ["Pearson", "MSE", "MAE", "cosine"]
+
+        def score(key: str) -> dict:
+            return sv.tl.score_imputation(adata, key, truth_layer="total")
+
+        def cells(s: dict) -> list[float]:
+            return [s["pearson"], s["mse"], s["mae"], s["cosine"]]
+    else:
+        columns = ["paper ARI", "paper AMI", "Leiden ARI", "Leiden AMI"]
+
+        def score(key: str) -> dict:
+            return {p: sv.tl.score_clustering(adata, key, protocol=p) for p in ("paper", "leiden")}
+
+        def cells(s: dict) -> list[float]:
+            return [s["paper"]["ari"], s["paper"]["ami"], s["leiden"]["ari"], s["leiden"]["ami"]]
+
+    print(f"{args.dataset}, {args.task}: {adata.n_obs} x {adata.n_vars}")
+    print("| variant | " + " | ".join(columns) + " |\n|" + " --- |" * (len(columns) + 1))
+    rows = []
     for name, Y in variants.items():
+        if Y is None:  # --gate 0: no gated variant
+            continue
         adata.layers["_variant"] = np.asarray(Y, dtype=np.float32)
-        paper = sv.tl.score_clustering(adata, "_variant", protocol="paper")
-        leiden = sv.tl.score_clustering(adata, "_variant", protocol="leiden")
-        rows.append({"variant": name, "paper": paper, "leiden": leiden})
-        print(f"| {name} | {paper['ari']:.3f} | {paper['ami']:.3f} | {leiden['ari']:.3f} | {leiden['ami']:.3f} |")
+        s = score("_variant")
+        rows.append({"variant": name, **s})
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells(s)) + " |")
     if args.out:
         args.out.write_text(json.dumps({"dataset": args.dataset, "task": args.task, "rows": rows}, indent=1))
     return 0
