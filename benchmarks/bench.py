@@ -49,7 +49,14 @@ _PARALLEL = 1
 PEERS = ("alra", "magic", "scvi")
 #: Model-free baselines (``explore_smoothing.knn_fill``): zeros filled with the 15-NN mean of the gene's non-zeros,
 #: ungated (as GNNImpute's ``fill_gate=0``) and gated as scVGAE's default (``fill_gate=0.4``). Seconds.
-BASELINES = {"knn_fill": 0.0, "knn_fill_gated": 0.4}
+#: The 2-step variants average over the cells a 2-step walk on that graph reaches (scVGAE's ``fill_hops=2``).
+#: Name -> (gate, steps).
+BASELINES = {
+    "knn_fill": (0.0, 1),
+    "knn_fill_gated": (0.4, 1),
+    "knn_fill_2step": (0.0, 2),
+    "knn_fill_2step_gated": (0.4, 2),
+}
 sys.path.insert(0, str(HERE))
 
 #: scVGAE ablations (paper's Table 3 and our fixes): name -> options passed to tl.impute.
@@ -171,8 +178,9 @@ def run_job(job: dict) -> dict:
         # the graph on log1p of the masked task's linear layer, as the models build theirs
         graph_layer = log1p_layer(adata, "masked") if task == "masked" else impute_kw["layer"]
         t0, c0 = time.perf_counter(), cpu_seconds()
+        gate, hops = BASELINES[method]
         adata.layers[method] = knn_fill(
-            adata, impute_kw["layer"], n_neighbors=15, gate=BASELINES[method], graph_layer=graph_layer
+            adata, impute_kw["layer"], n_neighbors=15, gate=gate, hops=hops, graph_layer=graph_layer
         )
         record["seconds"] = time.perf_counter() - t0
         record["cpu_seconds"] = cpu_seconds() - c0

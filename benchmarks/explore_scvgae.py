@@ -51,5 +51,7 @@ if "masked" in tasks:
     res["t_mk"] = round(time.time() - t, 1)
     s = sv.tl.score_imputation(a, "scvgae", truth_layer="total")
     res["masked"] = {k: round(v, 3) for k, v in s.items() if k != "n"}
+    params = a.uns["scvgae"]["params"]
+    res["fill_weights"] = [round(float(params.get(k, 0.0)), 3) for k in ("fill_scale_used", "graph_weight_used")]
 res["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(res), flush=True)

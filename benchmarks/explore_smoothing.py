@@ -51,12 +51,14 @@ def log1p_layer(adata, layer: str) -> str:
     return key
 
 
-def neighbourhood_fills(X: np.ndarray, C: sparse.csr_matrix, gate: float) -> dict[str, np.ndarray]:
+def neighbourhood_fills(X: np.ndarray, C: sparse.csr_matrix, gate: float, hops: int = 1) -> dict[str, np.ndarray]:
     """``smooth`` (every entry ← neighbourhood mean), ``fill`` and ``gated`` (see the module docstring) of dense
-    ``X`` under the averaging operator ``C``."""
+    ``X`` under the averaging operator ``C`` applied ``hops`` times (the neighbourhood a ``hops``-step walk
+    reaches)."""
     observed = X > 0
-    rate = C @ observed.astype(np.float32)
-    smooth = C @ X
+    rate, smooth = observed.astype(np.float32), X
+    for _ in range(hops):
+        rate, smooth = C @ rate, C @ smooth
     fill = smooth / np.maximum(rate, 1e-6)
     return {
         "smooth": smooth,
@@ -65,15 +67,18 @@ def neighbourhood_fills(X: np.ndarray, C: sparse.csr_matrix, gate: float) -> dic
     }
 
 
-def knn_fill(adata, layer: str, *, n_neighbors: int = 15, gate: float = 0.0, graph_layer: str | None = None):
+def knn_fill(
+    adata, layer: str, *, n_neighbors: int = 15, gate: float = 0.0, hops: int = 1, graph_layer: str | None = None
+):
     """The model-free baseline of ``bench.py`` (methods ``knn_fill`` / ``knn_fill_gated``).
 
     Observed values of ``layer`` kept; each zero filled with the mean of the non-zero values of that gene among
     the cell's ``n_neighbors``-NN neighbourhood (``pp.cell_graph`` on ``graph_layer``, default ``layer``; the cell
-    included), times ``min(1, detection rate / gate)`` when ``gate > 0`` (scVGAE's ``fill_gate``).
+    included), times ``min(1, detection rate / gate)`` when ``gate > 0`` (scVGAE's ``fill_gate``). ``hops > 1``:
+    mean and rate over the cells a ``hops``-step random walk on that graph reaches (scVGAE's ``fill_hops``).
     """
     X = to_dense_array(adata.layers[layer])
-    fills = neighbourhood_fills(X, neighbourhood_operator(adata, n_neighbors, graph_layer or layer), gate)
+    fills = neighbourhood_fills(X, neighbourhood_operator(adata, n_neighbors, graph_layer or layer), gate, hops)
     return (fills["gated"] if gate > 0 else fills["fill"]).astype(np.float32)
 
 
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset", help="pbmc68k, or a ../shared/data file stem (pbmc3k, bladder, baron_mouse)")
     p.add_argument("--neighbors", nargs="+", type=int, default=[5, 15])
     p.add_argument("--gate", type=float, default=0.4)
+    p.add_argument("--hops", nargs="+", type=int, default=[1], help="graph steps of the fills (e.g. 1 2)")
     p.add_argument("--task", choices=["clustering", "masked"], default="clustering")
     p.add_argument("--seed", type=int, default=0, help="seed of pp.mask_dropouts (masked task)")
     p.add_argument("--out", type=Path, default=None)
@@ -107,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
     variants: dict[str, np.ndarray] = {"un-imputed": X}
     for k in args.neighbors:
-        fills = neighbourhood_fills(X, neighbourhood_operator(adata, k, graph_layer), args.gate)
-        variants[f"{k}-NN smooth"] = fills["smooth"]
-        variants[f"{k}-NN fill mean"] = fills["fill"]
-        variants[f"{k}-NN fill mean, gated {args.gate}"] = fills["gated"]
+        C = neighbourhood_operator(adata, k, graph_layer)
+        for hops in args.hops:
+            fills = neighbourhood_fills(X, C, args.gate, hops)
+            name = f"{k}-NN" + (f", {hops} steps," if hops > 1 else "")
+            variants[f"{name} smooth"] = fills["smooth"]
+            variants[f"{name} fill mean"] = fills["fill"]
+            variants[f"{name} fill mean, gated {args.gate}"] = fills["gated"]
 
     if args.task == "masked":
         columns = ["Pearson", "MSE", "MAE", "cosine"]

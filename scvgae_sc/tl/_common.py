@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -178,30 +177,99 @@ def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0
     return float(value)
 
 
-def detection_rate(A: sparse.spmatrix, dev) -> Callable:
-    """Map a boolean ``(n_cells, n_genes)`` detection matrix to each gene's detection rate around each cell.
-
-    The rate is over the cell's graph neighbourhood (itself included, edges weighted, rows summing to 1).
-    """
-    import torch
-
+def neighbourhood_operator(A: sparse.spmatrix) -> sparse.csr_matrix:
+    """Row-stochastic averaging over each cell and its graph neighbours: ``D^-1 (A + I)`` (edges weighted)."""
     P = sparse.csr_matrix(A, dtype=np.float32) + sparse.eye(A.shape[0], dtype=np.float32, format="csr")
-    P = sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P
-    P = P.tocoo()
-    Pt = torch.sparse_coo_tensor(
-        np.vstack([P.row, P.col]), P.data.astype(np.float32), size=P.shape, device=dev, check_invariants=False
-    ).coalesce()
-    return lambda detected: torch.sparse.mm(Pt, detected.float())
+    return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P)
 
 
-def gate_fill(values, visible, propagate: Callable | None, gate: float):
-    """Fill values times ``min(1, detection rate / gate)``, the rate from ``propagate(visible)``.
+def operator_rows(P: sparse.csr_matrix, rows, hops: int) -> sparse.csr_matrix:
+    """Rows ``rows`` of ``P^hops`` (sparse: ``P[rows] @ P @ ...``), for chunk-by-chunk neighbourhood statistics."""
+    Q = P[rows]
+    for _ in range(int(hops) - 1):
+        Q = Q @ P
+    return sparse.csr_matrix(Q)
 
-    ``propagate`` is :func:`detection_rate`'s function of the graph (``None`` or ``gate == 0``: no gating).
+
+class Neighbourhood:
+    """Detection rates and mean non-zero values over each cell's graph neighbourhood within ``hops`` steps.
+
+    The neighbourhood of a cell is where a ``hops``-step random walk on ``A`` (self loops added, edges weighted)
+    from it can end; each statistic is a weighted mean over it: ``P^hops M`` with ``P = D^-1 (A + I)``. Computed
+    as ``hops`` sparse products, never forming ``P^hops``.
+
+    Parameters
+    ----------
+    A
+        ``(n_cells, n_cells)`` cell graph.
+    dev
+        Torch device of the matrices it is applied to.
+    hops
+        Number of graph steps (1: the cell and its neighbours).
     """
-    if propagate is None or gate <= 0:
-        return values
-    return values * (propagate(visible) / gate).clamp(max=1.0)
+
+    def __init__(self, A: sparse.spmatrix, dev, hops: int = 1) -> None:
+        import torch
+
+        P = neighbourhood_operator(A).tocoo()
+        self.hops = int(hops)
+        self.P = torch.sparse_coo_tensor(
+            np.vstack([P.row, P.col]), P.data.astype(np.float32), size=P.shape, device=dev, check_invariants=False
+        ).coalesce()
+
+    def average(self, M: torch.Tensor) -> torch.Tensor:
+        """``P^hops M`` for a dense ``(n_cells, k)`` tensor."""
+        import torch
+
+        M = M.float()
+        for _ in range(self.hops):
+            M = torch.sparse.mm(self.P, M)
+        return M
+
+    def __call__(self, values: torch.Tensor | None, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(rate, mean)`` of each gene around each cell: detection rate, mean of the detected ``values``.
+
+        The mean is 0 where nothing is detected; ``values=None`` skips it.
+        """
+        rate = self.average(visible)
+        if values is None:
+            return rate, None
+        mean = self.average(values.float() * visible)
+        return rate, mean.div_(rate.clamp_min(1e-12))
+
+
+def gate_factor(rate, gate: float):
+    """``min(1, rate / gate)``: how much of its fill a zero keeps (see the methods' ``fill_gate``)."""
+    return (rate / gate).clamp(max=1.0)
+
+
+def fit_fill_weights(pred, graph_mean, truth) -> tuple[float, float]:
+    """Non-negative least-squares weights ``(w_model, w_graph)`` of ``w_model · pred + w_graph · graph_mean ≈ truth``.
+
+    Tensors over the same entries (freshly hidden observed values and their fills). ``graph_mean=None``: the
+    single factor of :func:`least_squares_scale` and weight 0.
+    """
+    if graph_mean is None:
+        return least_squares_scale(pred, truth), 0.0
+    a, b, t = pred.double(), graph_mean.double(), truth.double()
+    return fill_weights_from_sums(*(float(u.dot(v)) for u, v in ((a, a), (b, b), (a, b), (a, t), (b, t))))
+
+
+def fill_weights_from_sums(aa: float, bb: float, ab: float, at: float, bt: float) -> tuple[float, float]:
+    """:func:`fit_fill_weights` from sums of products, which chunked callers can accumulate.
+
+    The sums are ``a·a``, ``b·b``, ``a·b``, ``a·t``, ``b·t`` over the model column ``a``, the graph column ``b``
+    and the truth ``t``.
+    """
+    det = aa * bb - ab * ab
+    if det > 1e-12 * aa * bb:
+        w = ((bb * at - ab * bt) / det, (aa * bt - ab * at) / det)
+        if w[0] >= 0 and w[1] >= 0:
+            return w
+    # the optimum has a zero weight: the better of the two single-column fits (residual = tt - 2 w·t + w² ·aa)
+    wa = max(at / aa, 0.0) if aa > 0 else 0.0
+    wb = max(bt / bb, 0.0) if bb > 0 else 0.0
+    return (wa, 0.0) if wa * at >= wb * bt else (0.0, wb)
 
 
 def least_squares_scale(pred, truth) -> float:

@@ -9,13 +9,14 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from ._common import (
+    Neighbourhood,
     check_fraction,
     check_positive_int,
     dense_tensor,
-    detection_rate,
     edge_tensors,
+    fit_fill_weights,
+    gate_factor,
     history_arrays,
-    least_squares_scale,
     progress_enabled,
     resolve_graph,
     size_factors,
@@ -47,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "output": "fill",
     "fill_scale": "auto",
     "fill_gate": 0.4,
+    "fill_hops": 2,
+    "graph_fill": True,
     "transform": "auto",
     "batch_mode": "within",
     "batch_size": 512,
@@ -108,6 +111,18 @@ def scvgae_options() -> dict[str, Any]:
         keeps clustering at or above the un-imputed level and costs some accuracy on hidden values
         (``benchmarks/results/scvgae_exploration.md``). ``0`` fills every zero with the full prediction (best
         masked-value recovery).
+    ``fill_hops`` (2)
+        The neighbourhood of ``fill_gate`` and ``graph_fill``: where a random walk of this many steps on the
+        graph can end (1: the cell and its neighbours; 2, as far as the two graph propagations of the model
+        reach). On pbmc3k the 2-step rate keeps the clustering scores of the 1-step one and loses less on hidden
+        values (``benchmarks/results/scvgae_exploration.md``, session 5).
+    ``graph_fill`` (True)
+        Where the fill scale is fitted (``fill_scale``), fit it jointly with a weight on the graph's own
+        estimate — the mean of the gene's detected values in the ``fill_hops`` neighbourhood — so a zero
+        becomes ``w_model · prediction + w_graph · neighbourhood mean`` (gated), both weights non-negative and
+        fitted by least squares on freshly hidden observed values. The fitted weights are in
+        ``uns[key]["params"]`` (``fill_scale_used``, ``graph_weight_used``): how much the network adds over
+        averaging its graph.
     ``fill_scale`` (``"auto"``)
         With ``output="fill"``: ``"fit"`` hides a fresh random ``mask_rate`` of the observed non-zeros after
         training, predicts them, and multiplies the fill values by the least-squares factor from those
@@ -163,7 +178,8 @@ def _validate(opts: dict[str, Any]) -> None:
         "batching": ("auto", "full", "subgraph"),
         "batch_mode": ("within", "balanced"),
     }
-    for k in ("variational", "add_back", "calibrate"):
+    check_positive_int("fill_hops", opts["fill_hops"])
+    for k in ("variational", "add_back", "calibrate", "graph_fill"):
         if not isinstance(opts[k], bool | np.bool_):
             raise TypeError(f"{k} must be True or False, got {opts[k]!r}.")
     for k, allowed in choices.items():
@@ -215,46 +231,79 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
     return recon, z.float()
 
 
-def _fill(recon, x, observed, *, transform: str, fill_gate: float, fill_scale: float, graph=None, rate=None):
+def _layer_values(x, transform: str):
+    """The model input ``x`` on the input layer's scale."""
+    import torch
+
+    return torch.expm1(x) if transform == "log1p" else x
+
+
+def _fill(
+    recon,
+    x,
+    observed,
+    *,
+    transform: str,
+    fill_gate: float,
+    fill_scale: float,
+    graph_weight: float = 0.0,
+    rate=None,
+    graph_mean=None,
+):
     """In place on ``recon``: the ``output="fill"`` matrix on the input layer's scale (see :func:`scvgae_options`).
 
     ``x`` / ``observed``: the input rows and their non-zeros, whose values are kept (``x=None``: none kept).
-    The gate's detection rate is ``rate`` when given (rows of it), else computed from ``graph`` and ``observed``.
+    A zero becomes ``(fill_scale · prediction + graph_weight · graph_mean) · min(1, rate / fill_gate)``, with the
+    neighbourhood detection ``rate`` and ``graph_mean`` of :class:`~scvgae_sc.tl._common.Neighbourhood` (rows of
+    them; each needed only when its option is on).
     """
-    import torch
-
     recon.clamp_(min=0)
     if transform == "log1p":
         recon.expm1_()
-    if fill_gate > 0:
-        rate = detection_rate(graph, recon.device)(observed) if rate is None else rate
-        recon.mul_(rate.div_(fill_gate).clamp_(max=1.0))
-        del rate
     if fill_scale != 1.0:
         recon.mul_(fill_scale)
+    if graph_weight:
+        recon.add_(graph_mean, alpha=graph_weight)
+    if fill_gate > 0:
+        recon.mul_(gate_factor(rate, fill_gate))
     if observed is not None and x is not None:
-        values = x[observed]
-        recon[observed] = torch.expm1(values) if transform == "log1p" else values
+        recon[observed] = _layer_values(x[observed], transform)
     return recon
 
 
-def _fit_fill_scale(module, x, observed, edge_index, edge_weight, *, mask_rate, gen, chunk, **fill_kwargs) -> float:
-    """Least-squares factor from fill values to freshly hidden observed entries (on the input layer's scale).
+def _neighbourhood(graph, x, observed, *, transform: str, fill_gate: float, fill_hops: int, graph_fill: bool):
+    """``(rate, graph_mean)`` of the zeros' fill (``None`` where not needed), from the whole input ``x``."""
+    if fill_gate <= 0 and not graph_fill:
+        return None, None
+    hood = Neighbourhood(graph, x.device, fill_hops)
+    return hood(_layer_values(x, transform) if graph_fill else None, observed)
 
-    One more pass with a new random ``mask_rate`` of the observed non-zeros hidden: the factor that best maps
-    the model's fill values for them to their values, which it did not see. Only observed data are used.
+
+def _fit_fill_weights(
+    module, x, observed, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
+) -> tuple[float, float]:
+    """Fill weights ``(fill_scale, graph_weight)`` fitted on freshly hidden observed entries (input layer's scale).
+
+    One more pass with a new random ``mask_rate`` of the observed non-zeros hidden: the non-negative
+    least-squares weights that best map the model's fill values for them (and, with ``graph_fill``, the graph's
+    neighbourhood mean, computed without them) to their values, which neither saw. Only observed data are used.
     """
     import torch
 
+    transform, gate, hops = fill_kwargs["transform"], fill_kwargs["fill_gate"], fill_kwargs.pop("fill_hops")
     hidden = observed & (torch.rand(x.shape, generator=gen, device=x.device) < mask_rate)
     x_in = x.masked_fill(hidden, 0.0)
+    visible = x_in > 0
+    rate, graph_mean = _neighbourhood(
+        graph, x_in, visible, transform=transform, fill_gate=gate, fill_hops=hops, graph_fill=graph_fill
+    )
     recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
-    pred = _fill(recon, None, x_in > 0, fill_scale=1.0, **fill_kwargs)[hidden]
-    del recon, x_in
-    truth = x[hidden]
-    if fill_kwargs["transform"] == "log1p":
-        truth = torch.expm1(truth)
-    return least_squares_scale(pred, truth)
+    pred = _fill(recon, None, visible, fill_scale=1.0, rate=rate, **fill_kwargs)[hidden]
+    del recon, x_in, visible
+    graph_col = None
+    if graph_fill:
+        graph_col = (graph_mean * gate_factor(rate, gate) if gate > 0 else graph_mean)[hidden]
+    return fit_fill_weights(pred, graph_col, _layer_values(x[hidden], transform))
 
 
 def scvgae_input(X, transform: str):
@@ -276,6 +325,8 @@ def predict_scvgae(
     transform: str,
     fill_gate: float = 0.0,
     fill_scale: float = 1.0,
+    fill_hops: int = 1,
+    graph_weight: float = 0.0,
     graph: sparse.spmatrix | None = None,
     chunk: int = 512,
     batching: str = "full",
@@ -285,22 +336,38 @@ def predict_scvgae(
     """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
 
     The one prediction path of :func:`run_scvgae` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
-    ``fill_gate`` needs the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` is the fitted factor;
-    ``chunk`` rows go through the heads and the decoder at a time. ``batching="subgraph"`` predicts chunk by
-    chunk from ``x`` on the host (a NumPy array or tensor; ``edge_index`` / ``edge_weight`` unused, ``graph``
-    needed) into ``out`` when given (e.g. a :class:`numpy.memmap`), with the model on ``device``.
+    ``fill_gate`` and ``graph_weight`` need the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` and
+    ``graph_weight`` are the fitted weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean
+    (the defaults, 1, 0 and 1, are those of models saved before either existed); ``chunk`` rows go through the
+    heads and the decoder at a time. ``batching="subgraph"`` predicts chunk by chunk from ``x`` on the host (a
+    NumPy array or tensor; ``edge_index`` / ``edge_weight`` unused, ``graph`` needed) into ``out`` when given
+    (e.g. a :class:`numpy.memmap`), with the model on ``device``.
     """
     if batching == "subgraph":
         from ._scvgae_subgraph import predict_scvgae_subgraph
 
         x_np = x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x, dtype=np.float32)
         kwargs = {"output": output, "calibrate": calibrate, "transform": transform, "fill_gate": fill_gate}
-        return predict_scvgae_subgraph(
-            module, x_np, graph, device=device, fill_scale=fill_scale, chunk=chunk, out=out, **kwargs
-        )
+        kwargs.update(fill_scale=fill_scale, fill_hops=fill_hops, graph_weight=graph_weight)
+        return predict_scvgae_subgraph(module, x_np, graph, device=device, chunk=chunk, out=out, **kwargs)
     recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk)
     if output == "fill":
-        imputed = _fill(recon, x, x > 0, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale, graph=graph)
+        observed = x > 0
+        fill = {"transform": transform, "fill_gate": fill_gate}
+        rate, graph_mean = _neighbourhood(
+            graph, x, observed, fill_hops=fill_hops, graph_fill=bool(graph_weight), **fill
+        )
+        imputed = _fill(
+            recon,
+            x,
+            observed,
+            fill_scale=fill_scale,
+            graph_weight=graph_weight,
+            rate=rate,
+            graph_mean=graph_mean,
+            **fill,
+        )
+        del rate, graph_mean
     else:
         if calibrate:
             recon = _calibrate(recon, x)
@@ -394,6 +461,8 @@ def run_scvgae(
     chunk = batch_size
     fit_scale = opts["fill_scale"] == "fit" or (opts["fill_scale"] == "auto" and transform == "log1p")
     fit_scale = fit_scale and opts["output"] == "fill" and mask_rate > 0
+    graph_fill = bool(opts["graph_fill"]) and fit_scale
+    fill_hops = int(opts["fill_hops"])
     trainer = Trainer(
         model,
         lr=float(opts["lr"]),
@@ -448,9 +517,9 @@ def run_scvgae(
         )
         history = trainer.fit(train_step)
         del counts_csr
-        scale = 1.0
+        scale, graph_weight = 1.0, 0.0
         if fit_scale:
-            scale = fit_fill_scale_subgraph(
+            scale, graph_weight = fit_fill_scale_subgraph(
                 model,
                 x_host,
                 x_buffer,
@@ -462,8 +531,10 @@ def run_scvgae(
                 chunk=chunk,
                 transform=transform,
                 fill_gate=gate,
+                fill_hops=fill_hops,
+                graph_fill=graph_fill,
             )
-            logg.debug(f"    fill scale fitted on hidden entries: {scale:.3f}")
+            logg.debug(f"    fill weights fitted on hidden entries: model {scale:.3f}, graph {graph_weight:.3f}")
         del x_buffer, sampler
         x_predict = x_host
     else:
@@ -502,9 +573,9 @@ def run_scvgae(
 
         history = trainer.fit(train_step)
         del c, sf
-        scale = 1.0
+        scale, graph_weight = 1.0, 0.0
         if fit_scale:
-            scale = _fit_fill_scale(
+            scale, graph_weight = _fit_fill_weights(
                 model,
                 x,
                 observed,
@@ -515,9 +586,11 @@ def run_scvgae(
                 chunk=chunk,
                 transform=transform,
                 fill_gate=gate,
+                fill_hops=fill_hops,
                 graph=A,
+                graph_fill=graph_fill,
             )
-            logg.debug(f"    fill scale fitted on hidden entries: {scale:.3f}")
+            logg.debug(f"    fill weights fitted on hidden entries: model {scale:.3f}, graph {graph_weight:.3f}")
         del observed
         x_predict = x
     predict_kwargs = {
@@ -526,6 +599,8 @@ def run_scvgae(
         "transform": transform,
         "fill_gate": gate,
         "fill_scale": float(scale),
+        "fill_hops": fill_hops,
+        "graph_weight": float(graph_weight),
         "chunk": int(chunk),
         "batching": batching,
     }
@@ -540,6 +615,7 @@ def run_scvgae(
 
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
     params.update(transform_used=transform, max_epochs_used=n_epochs, fill_scale_used=float(scale))
+    params["graph_weight_used"] = float(graph_weight)
     params["batching_used"] = batching
     return ImputeResult(
         imputed=imputed if out is not None else np.ascontiguousarray(imputed, dtype=np.float32),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from ._common import fill_weights_from_sums, neighbourhood_operator, operator_rows
 from ._subgraph import SubgraphSampler, gcn_adjacency
 
 #: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
@@ -84,23 +85,47 @@ def reconstructions(
         module.train(was_training)
 
 
-def _detection(graph: sparse.spmatrix, observed: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows of the neighbourhood detection rate (see :func:`~scvgae_sc.tl._common.detection_rate`)."""
-    P = sparse.csr_matrix(graph, dtype=np.float32) + sparse.eye(graph.shape[0], dtype=np.float32, format="csr")
-    P = sparse.csr_matrix(sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P)
-    return lambda rows: (P[rows] @ observed).toarray().astype(np.float32)
+def _neighbourhood_rows(
+    graph: sparse.spmatrix, x: np.ndarray, *, hops: int, transform: str, with_mean: bool
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """Rows of the neighbourhood statistics of :class:`~scvgae_sc.tl._common.Neighbourhood`, chunk by chunk.
+
+    From the model input ``x`` (dense NumPy): the detection rate and, ``with_mean``, the mean detected value on the
+    input layer's scale.
+    """
+    P = neighbourhood_operator(graph)
+    observed = sparse.csr_matrix(x > 0, dtype=np.float32)
+    values = None
+    if with_mean:
+        values = sparse.csr_matrix(np.where(x > 0, x, 0), dtype=np.float32)
+        if transform == "log1p":
+            values.data = np.expm1(values.data)
+
+    def rows_of(rows):
+        Q = operator_rows(P, rows, hops)
+        rate = (Q @ observed).toarray().astype(np.float32)
+        if values is None:
+            return rate, None
+        return rate, ((Q @ values).toarray() / np.maximum(rate, 1e-12)).astype(np.float32)
+
+    return rows_of
 
 
-def _fill_rows(recon, x_rows, rate, *, transform: str, fill_gate: float, fill_scale: float):
-    """:func:`._scvgae._fill` on a chunk of rows (``x_rows`` the input rows as NumPy, ``None``: keep no values)."""
+def _fill_rows(recon, x_rows, stats, *, transform: str, fill_gate: float, fill_scale: float, graph_weight: float):
+    """:func:`._scvgae._fill` on a chunk of rows.
+
+    ``x_rows``: the input rows as NumPy (``None``: keep no values); ``stats``: the rows' ``(rate, graph_mean)``,
+    either ``None`` when unused.
+    """
     import torch
 
     from ._scvgae import _fill
 
+    rate, graph_mean = (None if a is None else torch.from_numpy(a).to(recon.device) for a in stats)
     xr = None if x_rows is None else torch.from_numpy(x_rows).to(recon.device)
-    rate = None if rate is None else torch.from_numpy(rate).to(recon.device)
     observed = None if xr is None else xr > 0
-    return _fill(recon, xr, observed, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale, rate=rate)
+    kwargs = {"transform": transform, "fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
+    return _fill(recon, xr, observed, rate=rate, graph_mean=graph_mean, **kwargs)
 
 
 def predict_scvgae_subgraph(
@@ -114,6 +139,8 @@ def predict_scvgae_subgraph(
     transform: str,
     fill_gate: float = 0.0,
     fill_scale: float = 1.0,
+    fill_hops: int = 1,
+    graph_weight: float = 0.0,
     chunk: int = 512,
     out: np.ndarray | None = None,
     **_: Any,
@@ -127,12 +154,15 @@ def predict_scvgae_subgraph(
     sampler = SubgraphSampler(gcn_adjacency(graph))
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
-    rate_of = _detection(graph, sparse.csr_matrix(x > 0)) if (output == "fill" and fill_gate > 0) else None
+    stats_of = None
+    if output == "fill" and (fill_gate > 0 or graph_weight):
+        stats_of = _neighbourhood_rows(graph, x, hops=fill_hops, transform=transform, with_mean=bool(graph_weight))
+    fill = {"transform": transform, "fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
     latent: list = []
     for rows, recon in reconstructions(module, sampler, x, device, chunk, latent):
         if output == "fill":
-            rate = rate_of(rows) if rate_of is not None else None
-            recon = _fill_rows(recon, x[rows], rate, transform=transform, fill_gate=fill_gate, fill_scale=fill_scale)
+            stats = stats_of(rows) if stats_of is not None else (None, None)
+            recon = _fill_rows(recon, x[rows], stats, **fill)
         out[rows] = recon.cpu().numpy()
     if output == "recon":
         if calibrate:
@@ -163,24 +193,34 @@ def fit_fill_scale_subgraph(
     chunk: int,
     transform: str,
     fill_gate: float,
-) -> float:
-    """:func:`._scvgae._fit_fill_scale` chunk by chunk: least-squares factor on freshly hidden entries."""
+    fill_hops: int = 1,
+    graph_fill: bool = False,
+) -> tuple[float, float]:
+    """:func:`._scvgae._fit_fill_weights` chunk by chunk: ``(fill_scale, graph_weight)`` on freshly hidden entries."""
     hidden = hide_entries(x, x_buffer, mask_rate, rng)
-    rate_of = _detection(graph, sparse.csr_matrix(x_buffer > 0)) if fill_gate > 0 else None
-    num = den = 0.0
+    stats_of = None
+    if fill_gate > 0 or graph_fill:
+        stats_of = _neighbourhood_rows(graph, x_buffer, hops=fill_hops, transform=transform, with_mean=graph_fill)
+    sums = np.zeros(5)  # a·a, b·b, a·b, a·t, b·t (a: model fill, b: graph fill, t: truth)
     for rows, recon in reconstructions(module, sampler, x_buffer, device, chunk):
         h = hidden[rows]
         if not h.any():
             continue
-        rate = rate_of(rows) if rate_of is not None else None
-        pred = _fill_rows(recon, None, rate, transform=transform, fill_gate=fill_gate, fill_scale=1.0)
-        pred = pred.cpu().numpy()[h].astype(np.float64)
-        truth = x[rows][h].astype(np.float64)
+        rate, graph_mean = stats_of(rows) if stats_of is not None else (None, None)
+        fill = {"transform": transform, "fill_gate": fill_gate, "fill_scale": 1.0, "graph_weight": 0.0}
+        pred = _fill_rows(recon, None, (rate, None), **fill)
+        a = pred.cpu().numpy()[h].astype(np.float64)
+        t = x[rows][h].astype(np.float64)
         if transform == "log1p":
-            truth = np.expm1(truth)
-        num += float(pred @ truth)
-        den += float(pred @ pred)
-    return num / den if den > 0 else 1.0
+            t = np.expm1(t)
+        b = np.zeros_like(a)
+        if graph_fill:
+            g = graph_mean * np.minimum(rate / fill_gate, 1.0) if fill_gate > 0 else graph_mean
+            b = g[h].astype(np.float64)
+        sums += [a @ a, b @ b, a @ b, a @ t, b @ t]
+    if not graph_fill:
+        return (sums[3] / sums[0] if sums[0] > 0 else 1.0), 0.0
+    return fill_weights_from_sums(*map(float, sums))
 
 
 def subgraph_train_step(

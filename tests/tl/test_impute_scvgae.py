@@ -83,31 +83,53 @@ def test_graph_key_and_key_added(prepared):
     assert prepared.uns["imp"]["graph"]["key"] == "g"
 
 
+def _neighbourhood_by_hand(adata, key: str, X: np.ndarray, hops: int) -> tuple[np.ndarray, np.ndarray]:
+    """Detection rate and mean detected value over ``hops`` steps of the graph the method stored, densely."""
+    W = adata.obsp[f"{key}_connectivities"].toarray() + np.eye(adata.n_obs)
+    P = np.linalg.matrix_power(W / W.sum(1, keepdims=True), hops)
+    rate = P @ (X > 0)
+    return rate, np.where(rate > 0, (P @ X) / np.maximum(rate, 1e-300), 0.0)
+
+
 def test_fill_gate_and_scale(prepared):
-    """The gate only lowers fill values where neighbours rarely detect the gene; the fitted scale is recorded."""
+    """The gate only lowers fill values where neighbours rarely detect the gene; fitted weights are recorded."""
     kw = {"max_epochs": 5, "progress_bar": False, "copy": True, "random_state": 3}
     plain = sv.tl.impute(prepared, method="scvgae", fill_gate=0.0, fill_scale="none", **kw)
     gated = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="none", **kw)
-    fitted = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="fit", **kw)
+    fitted = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="fit", graph_fill=False, **kw)
+    joint = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="fit", **kw)
     auto = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, **kw)  # sqrt layer: the model's own scale
     inp = prepared.layers["normalized"].toarray()
     observed = inp > 0
     assert plain.uns["scvgae"]["params"]["fill_scale_used"] == 1.0
     assert auto.uns["scvgae"]["params"]["fill_scale_used"] == 1.0
+    assert auto.uns["scvgae"]["params"]["graph_weight_used"] == 0.0  # no fit, no graph weight
     np.testing.assert_array_equal(auto.layers["scvgae"], gated.layers["scvgae"])
-    for out in (plain, gated, fitted):
+    for out in (plain, gated, fitted, joint):
         np.testing.assert_array_equal(out.layers["scvgae"][observed], inp[observed])
     p, g = plain.layers["scvgae"][~observed], gated.layers["scvgae"][~observed]
     assert (g <= p + 1e-6).all() and (g < p - 1e-6).any()
+    # the gate's rate is over fill_hops=2 graph steps: where it reaches 0.5 the fill is the full prediction
+    rate, mean = _neighbourhood_by_hand(gated, "scvgae", inp, hops=2)
+    full = rate[~observed] >= 0.5
+    np.testing.assert_allclose(g[full], p[full], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g[~full], p[~full] * rate[~observed][~full] / 0.5, rtol=1e-4, atol=1e-6)
     scale = fitted.uns["scvgae"]["params"]["fill_scale_used"]
-    assert scale > 0 and scale != 1.0
+    assert scale > 0 and scale != 1.0 and fitted.uns["scvgae"]["params"]["graph_weight_used"] == 0.0
     np.testing.assert_allclose(fitted.layers["scvgae"][~observed], g * scale, rtol=1e-5, atol=1e-6)
+    # graph_fill: a zero is w_model · prediction + w_graph · the 2-step neighbourhood mean, gated
+    w_model, w_graph = (joint.uns["scvgae"]["params"][k] for k in ("fill_scale_used", "graph_weight_used"))
+    assert w_model >= 0 and w_graph >= 0 and w_model + w_graph > 0
+    expected = w_model * g + w_graph * (mean * np.minimum(rate / 0.5, 1.0))[~observed]
+    np.testing.assert_allclose(joint.layers["scvgae"][~observed], expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [{"fill_gate": 1.5}, {"fill_gate": -0.1}, {"fill_scale": "yes"}])
+@pytest.mark.parametrize("bad", [{"fill_gate": 1.5}, {"fill_gate": -0.1}, {"fill_scale": "yes"}, {"fill_hops": 0}])
 def test_fill_options_validated(prepared, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         sv.tl.impute(prepared, method="scvgae", max_epochs=1, progress_bar=False, **bad)
+    with pytest.raises(TypeError, match="graph_fill"):
+        sv.tl.impute(prepared, method="scvgae", max_epochs=1, progress_bar=False, graph_fill="yes")
 
 
 @pytest.mark.parametrize(

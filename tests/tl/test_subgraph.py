@@ -50,8 +50,10 @@ def test_neighbourhood_is_exact_for_the_batch():
     np.testing.assert_allclose(sampler.propagate(rows, Z), (P @ Z)[rows], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("output", ["fill", "recon"])
-def test_chunked_subgraph_prediction_equals_full_graph_prediction(output):
+@pytest.mark.parametrize(
+    ("output", "graph_fill"), [("fill", {}), ("fill", {"fill_hops": 2, "graph_weight": 0.7}), ("recon", {})]
+)
+def test_chunked_subgraph_prediction_equals_full_graph_prediction(output, graph_fill):
     """Prediction from sparse rows of the graph, chunk by chunk, is the full-graph computation."""
     n, g = 90, 25
     rng = np.random.default_rng(3)
@@ -60,7 +62,7 @@ def test_chunked_subgraph_prediction_equals_full_graph_prediction(output):
     A = _graph(n, seed=4)
     torch.manual_seed(0)
     model = SCVGAE(g, n, hidden=8, decoder_hidden=16, decoder_input="latent")
-    kw = {"output": output, "calibrate": True, "transform": "log1p", "fill_gate": 0.4, "fill_scale": 1.3}
+    kw = {"output": output, "calibrate": True, "transform": "log1p", "fill_gate": 0.4, "fill_scale": 1.3, **graph_fill}
     ei, ew = edge_tensors(A, torch.device("cpu"))
     full, z_full = predict_scvgae(model, torch.from_numpy(x), ei, ew, graph=A, chunk=32, **kw)
     sub, z_sub = predict_scvgae(model, x, None, None, graph=A, chunk=32, batching="subgraph", device="cpu", **kw)
