@@ -10,7 +10,9 @@ One command runs everything and writes ``benchmarks/results/summary.md``, ``.jso
 alone (``--run --methods scvgae``) and merged with the others::
 
     results/peers.json      none, alra, magic, scvi      (bench.py --methods none alra magic scvi --name peers)
-    results/baselines.json  knn_fill, knn_fill_gated     (bench.py --methods knn_fill knn_fill_gated --name baselines)
+    results/baselines.json  knn_fill, knn_fill_gated, knn_fill_2step, knn_fill_2step_gated
+                            (bench.py --methods knn_fill knn_fill_gated knn_fill_2step knn_fill_2step_gated
+                             --name baselines)
     results/scvgae.json     scvgae                       (bench.py --methods scvgae --name scvgae)
     results/gnnimpute.json  gnnimpute                    (bench.py --methods gnnimpute --name gnnimpute)
 
@@ -39,7 +41,7 @@ RESULTS = HERE / "results"
 DATASETS = ("pbmc68k", "pbmc3k", "bladder", "baron_mouse")
 PEER_METHODS = ("none", "alra", "magic", "scvi")
 #: Model-free baselines (bench.py BASELINES): run in the main environment, listed with the peers.
-BASELINE_METHODS = ("knn_fill", "knn_fill_gated")
+BASELINE_METHODS = ("knn_fill", "knn_fill_gated", "knn_fill_2step", "knn_fill_2step_gated")
 OURS = ("scvgae", "gnnimpute")
 ORDER = (*PEER_METHODS, *BASELINE_METHODS, *OURS)
 #: (key, heading, higher is better)
@@ -50,7 +52,7 @@ CLUSTERING = [
 ]
 MASKED = [("mse", "MSE", False), ("mae", "MAE", False), ("pearson", "Pearson", True), ("cosine", "cosine", True)]
 COST = [("seconds", "s", ".1f"), ("peak_mb", "peak MB", ".0f"), ("epochs", "epochs", ".0f")]
-RIVALS = ("magic", "scvi", "knn_fill", "knn_fill_gated")
+RIVALS = ("magic", "scvi", *BASELINE_METHODS)
 
 
 def load_records(paths: list[Path]) -> tuple[list[dict], dict]:
@@ -121,7 +123,14 @@ def _fmt(cell: dict | None, fmt: str = ".3f", bold: bool = False) -> str:
 
 def render(tab: dict, win: dict, machines: dict, title: str, records: list[dict], note: str | None = None) -> str:
     """The summary as markdown; its first line is the win count."""
-    names = {"magic": "MAGIC", "scvi": "scVI", "knn_fill": "the 15-NN fill", "knn_fill_gated": "the gated 15-NN fill"}
+    names = {
+        "magic": "MAGIC",
+        "scvi": "scVI",
+        "knn_fill": "the 15-NN fill",
+        "knn_fill_gated": "the gated 15-NN fill",
+        "knn_fill_2step": "the 2-step 15-NN fill",
+        "knn_fill_2step_gated": "the gated 2-step 15-NN fill",
+    }
     parts = []
     for ours in OURS:
         counts = [

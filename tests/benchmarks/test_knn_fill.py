@@ -64,3 +64,20 @@ def test_gate_scales_fills_down_where_the_neighbourhood_rarely_detects(smoothing
     np.testing.assert_array_equal(gated[observed], free[observed])
     assert np.all(gated[~observed] <= free[~observed] + 1e-6)
     assert (gated[~observed] < free[~observed] - 1e-6).any()
+
+
+def test_two_step_fill_averages_over_the_walk(smoothing, adata):
+    """hops=2: each zero gets the 2-step random-walk mean of the gene's detected values (weights by hand)."""
+    a = adata.copy()
+    X = a.layers["normalized"]
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    Y = smoothing.knn_fill(a, "normalized", n_neighbors=15, hops=2)
+    B = (a.obsp["smooth15_connectivities"] > 0).toarray() + np.eye(a.n_obs)
+    P = B / B.sum(1, keepdims=True)
+    P2 = P @ P
+    observed = X > 0
+    rate = P2 @ observed
+    expected = np.where(observed, X, (P2 @ X) / np.maximum(rate, 1e-12))
+    np.testing.assert_allclose(Y, expected, rtol=1e-4, atol=1e-5)
+    one_step = smoothing.knn_fill(a, "normalized", n_neighbors=15)
+    assert (Y[~observed] > 0).mean() > (one_step[~observed] > 0).mean()  # the wider walk fills more zeros

@@ -272,9 +272,20 @@ def test_fill_gate_and_scale(prepared):
     scale = fitted.uns["gnnimpute"]["params"]["fill_scale_used"]
     assert scale > 0 and scale != 1.0
     np.testing.assert_allclose(fitted.layers["gnnimpute"][~observed], g * scale, rtol=1e-5, atol=1e-5)
+    assert fitted.uns["gnnimpute"]["params"]["graph_weight_used"] == 0.0  # graph_fill is off by default
+    # graph_fill: w_model · prediction + w_graph · mean detected value over 2 graph steps, gated over the same
+    joint = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, graph_fill=True, **kw)
+    w_model, w_graph = (joint.uns["gnnimpute"]["params"][k] for k in ("fill_scale_used", "graph_weight_used"))
+    assert w_model >= 0 and w_graph > 0
+    W = joint.obsp["gnnimpute_connectivities"].toarray() + np.eye(prepared.n_obs)
+    P = np.linalg.matrix_power(W / W.sum(1, keepdims=True), 2)
+    rate = P @ observed
+    mean = np.where(rate > 0, (P @ inp) / np.maximum(rate, 1e-300), 0.0)
+    expected = (w_model * p + w_graph * mean[~observed]) * np.minimum(rate[~observed] / 0.6, 1.0)
+    np.testing.assert_allclose(joint.layers["gnnimpute"][~observed], expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("bad", [{"fill_gate": 2.0}, {"fill_scale": "yes"}])
+@pytest.mark.parametrize("bad", [{"fill_gate": 2.0}, {"fill_scale": "yes"}, {"fill_hops": 0}])
 def test_fill_options_validated(snapshot, prepared, bad):
     snap = snapshot(prepared)
     with pytest.raises(ValueError, match=next(iter(bad))):
