@@ -183,14 +183,6 @@ def neighbourhood_operator(A: sparse.spmatrix) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P)
 
 
-def operator_rows(P: sparse.csr_matrix, rows, hops: int) -> sparse.csr_matrix:
-    """Rows ``rows`` of ``P^hops`` (sparse: ``P[rows] @ P @ ...``), for chunk-by-chunk neighbourhood statistics."""
-    Q = P[rows]
-    for _ in range(int(hops) - 1):
-        Q = Q @ P
-    return sparse.csr_matrix(Q)
-
-
 class Neighbourhood:
     """Detection rates and mean non-zero values over each cell's graph neighbourhood within ``hops`` steps.
 

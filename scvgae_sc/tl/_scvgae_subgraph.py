@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ._common import fill_weights_from_sums, neighbourhood_operator, operator_rows
+from ._common import fill_weights_from_sums, neighbourhood_operator
 from ._subgraph import SubgraphSampler, gcn_adjacency
 
 #: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
@@ -85,13 +85,31 @@ def reconstructions(
         module.train(was_training)
 
 
+#: Rows per block when walking the graph over the whole matrix (keeps the sparse products' temporaries small).
+_WALK_ROWS = 4096
+
+
+def _walk(P: sparse.csr_matrix, M, steps: int) -> np.ndarray:
+    """``P^steps M`` as a dense float32 array (``M`` sparse or dense), computed in row blocks."""
+    for _ in range(steps):
+        out = np.empty((P.shape[0], M.shape[1]), dtype=np.float32)
+        for start in range(0, P.shape[0], _WALK_ROWS):
+            block = P[start : start + _WALK_ROWS] @ M
+            out[start : start + _WALK_ROWS] = block.toarray() if sparse.issparse(block) else block
+        M = out
+    return M
+
+
 def _neighbourhood_rows(
     graph: sparse.spmatrix, x: np.ndarray, *, hops: int, transform: str, with_mean: bool
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
     """Rows of the neighbourhood statistics of :class:`~scvgae_sc.tl._common.Neighbourhood`, chunk by chunk.
 
     From the model input ``x`` (dense NumPy): the detection rate and, ``with_mean``, the mean detected value on the
-    input layer's scale.
+    input layer's scale. With ``hops > 1`` the first ``hops - 1`` steps are walked once over the whole matrix
+    (one dense ``n_cells × n_genes`` float32 array per statistic, held until the last chunk), and each chunk takes
+    the last step from its sparse rows of the graph: multiplying sparse rows of ``P^hops`` with the sparse data
+    instead costs ~100 s per statistic and pass at 50,000 cells (measured, one thread), against ~15 s.
     """
     P = neighbourhood_operator(graph)
     observed = sparse.csr_matrix(x > 0, dtype=np.float32)
@@ -100,13 +118,19 @@ def _neighbourhood_rows(
         values = sparse.csr_matrix(np.where(x > 0, x, 0), dtype=np.float32)
         if transform == "log1p":
             values.data = np.expm1(values.data)
+    if hops > 1:
+        observed = _walk(P, observed, hops - 1)
+        values = None if values is None else _walk(P, values, hops - 1)
+
+    def last_step(M, rows) -> np.ndarray:
+        out = P[rows] @ M
+        return (out.toarray() if sparse.issparse(out) else out).astype(np.float32, copy=False)
 
     def rows_of(rows):
-        Q = operator_rows(P, rows, hops)
-        rate = (Q @ observed).toarray().astype(np.float32)
+        rate = last_step(observed, rows)
         if values is None:
             return rate, None
-        return rate, ((Q @ values).toarray() / np.maximum(rate, 1e-12)).astype(np.float32)
+        return rate, last_step(values, rows) / np.maximum(rate, 1e-12)
 
     return rows_of
 
