@@ -112,12 +112,15 @@ def _neighbourhood_rows(
     instead costs ~100 s per statistic and pass at 50,000 cells (measured, one thread), against ~15 s.
     """
     P = neighbourhood_operator(graph)
-    observed = sparse.csr_matrix(x > 0, dtype=np.float32)
-    values = None
-    if with_mean:
-        values = sparse.csr_matrix(np.where(x > 0, x, 0), dtype=np.float32)
-        if transform == "log1p":
-            values.data = np.expm1(values.data)
+    values = sparse.csr_matrix(x, dtype=np.float32)  # detections: the positive entries, as ``x > 0`` elsewhere
+    np.maximum(values.data, 0.0, out=values.data)
+    values.eliminate_zeros()
+    observed = values.copy()
+    observed.data[:] = 1.0
+    if not with_mean:
+        values = None
+    elif transform == "log1p":
+        values.data = np.expm1(values.data)
     if hops > 1:
         observed = _walk(P, observed, hops - 1)
         values = None if values is None else _walk(P, values, hops - 1)
