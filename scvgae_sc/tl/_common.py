@@ -231,8 +231,16 @@ class Neighbourhood:
 
 
 def gate_factor(rate, gate: float):
-    """``min(1, rate / gate)``: how much of its fill a zero keeps (see the methods' ``fill_gate``)."""
-    return (rate / gate).clamp(max=1.0)
+    """``min(1, rate / gate)``: how much of its fill a zero keeps (see the methods' ``fill_gate``).
+
+    ``rate`` a tensor or a NumPy array (both have ``clip``).
+    """
+    return (rate / gate).clip(max=1.0)
+
+
+def gated(values, rate, gate: float):
+    """``values · min(1, rate / gate)``; ``values`` itself when ``gate <= 0`` (no gate)."""
+    return values * gate_factor(rate, gate) if gate > 0 else values
 
 
 def fit_fill_weights(pred, graph_mean, truth) -> tuple[float, float]:

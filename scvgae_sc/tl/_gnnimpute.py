@@ -16,7 +16,7 @@ from ._common import (
     check_positive_int,
     edge_tensors,
     fit_fill_weights,
-    gate_factor,
+    gated,
     history_arrays,
     progress_enabled,
     resolve_graph,
@@ -305,8 +305,7 @@ def predict_gnnimpute(
             )
             if graph_weight:
                 fill = fill + graph_weight * graph_mean
-            if fill_gate > 0:
-                fill = fill * gate_factor(rate, fill_gate)
+            fill = gated(fill, rate, fill_gate)
             del rate, graph_mean
         imputed = torch.where(observed, target, fill)
         del fill
@@ -522,13 +521,10 @@ def run_gnnimpute(
             rate, graph_mean = Neighbourhood(A, dev, fill_hops)(values, visible)
             del values
         fill = trainer.predict(lambda m: forward(m, corrupt(hidden)))["recon"].float().clamp_min(0)
-        factor = gate_factor(rate, gate) if gate > 0 else None
-        pred = (fill * factor if factor is not None else fill).reshape(-1)[flat]
-        graph_col = None
-        if graph_fill:
-            graph_col = (graph_mean * factor if factor is not None else graph_mean).reshape(-1)[flat]
+        pred = gated(fill, rate, gate).reshape(-1)[flat]
+        graph_col = gated(graph_mean, rate, gate).reshape(-1)[flat] if graph_fill else None
         scale, graph_weight = fit_fill_weights(pred, graph_col, target.reshape(-1)[flat])
-        del fill, visible, rate, graph_mean, factor
+        del fill, visible, rate, graph_mean
     predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale), "batching": batching}
     predict_kwargs.update(fill_hops=fill_hops, graph_weight=float(graph_weight))
     predict_kwargs["chunk"] = min(int(opts["batch_size"]), n_cells)

@@ -16,6 +16,7 @@ from ._common import (
     edge_tensors,
     fit_fill_weights,
     gate_factor,
+    gated,
     history_arrays,
     progress_enabled,
     resolve_graph,
@@ -300,9 +301,7 @@ def _fit_fill_weights(
     recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
     pred = _fill(recon, None, visible, fill_scale=1.0, rate=rate, **fill_kwargs)[hidden]
     del recon, x_in, visible
-    graph_col = None
-    if graph_fill:
-        graph_col = (graph_mean * gate_factor(rate, gate) if gate > 0 else graph_mean)[hidden]
+    graph_col = gated(graph_mean, rate, gate)[hidden] if graph_fill else None
     return fit_fill_weights(pred, graph_col, _layer_values(x[hidden], transform))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ._common import fill_weights_from_sums, neighbourhood_operator
+from ._common import fill_weights_from_sums, gated, neighbourhood_operator
 from ._subgraph import SubgraphSampler, gcn_adjacency
 
 #: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
@@ -242,8 +242,7 @@ def fit_fill_scale_subgraph(
             t = np.expm1(t)
         b = np.zeros_like(a)
         if graph_fill:
-            g = graph_mean * np.minimum(rate / fill_gate, 1.0) if fill_gate > 0 else graph_mean
-            b = g[h].astype(np.float64)
+            b = gated(graph_mean, rate, fill_gate)[h].astype(np.float64)
         sums += [a @ a, b @ b, a @ b, a @ t, b @ t]
     if not graph_fill:
         return (sums[3] / sums[0] if sums[0] > 0 else 1.0), 0.0
