@@ -3,19 +3,21 @@
 from ._distributed import init_from_env, is_distributed, rank, world_size
 from ._gnnimpute import GNNImputeModule
 from ._scvgae import SCVGAE, scvgae_loss
-from ._trainer import Trainer, resolve_device
+from ._trainer import Trainer, fast_bf16, resolve_device, resolve_precision
 from ._zinb import masked_mean, nb_nll, zinb_nll
 
 __all__ = [
     "GNNImputeModule",
     "SCVGAE",
     "Trainer",
+    "fast_bf16",
     "init_from_env",
     "is_distributed",
     "masked_mean",
     "nb_nll",
     "rank",
     "resolve_device",
+    "resolve_precision",
     "scvgae_loss",
     "world_size",
     "zinb_nll",

@@ -17,6 +17,9 @@ from ._zinb import masked_mean, zinb_nll
 
 __all__ = ["SCVGAE", "scvgae_loss"]
 
+#: PyG's edge-wise weighted sum (the propagation on devices without sparse CSR products).
+_EDGE_SUM = SimpleConv(aggr="sum")
+
 #: Batches with more entries than this recompute the ZINB terms in backward (activation checkpointing).
 CHECKPOINT_MIN_ENTRIES = 4_000_000
 
@@ -50,7 +53,9 @@ class SCVGAE(nn.Module):
     that aggregates). Normalization is GCNConv's own: self loops added (``add_remaining_self_loops``, weight
     1 where missing) and ``D^-1/2 (A + I) D^-1/2`` with the edge weights; it is computed once per forward and
     shared by all GCN layers. ``cached=True`` keeps it between calls (full-batch training on one fixed graph
-    only; leave ``False`` for mini-batches).
+    only; leave ``False`` for mini-batches). On CPU and CUDA every propagation is one sparse-matrix product
+    with ``Â`` in CSR form, in float32 (also under bfloat16 autocast: sparse kernels have no bfloat16) — the
+    same function as PyG's per-edge gather / scatter, about 4× faster on CPU; other devices use PyG's path.
 
     Parameters
     ----------
@@ -123,6 +128,7 @@ class SCVGAE(nn.Module):
         self.log_clamp = float(log_clamp)
         self.cached = bool(cached)
         self._cached_graph: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cached_adj: torch.Tensor | None = None
 
         # Encoder. Normalization is done once in forward (gcn_norm), hence normalize=False here.
         self.gcn = GCNConv(self.n_genes, self.hidden, normalize=False, add_self_loops=False)
@@ -170,20 +176,59 @@ class SCVGAE(nn.Module):
             self._cached_graph = (ei, ew)
         return ei, ew
 
+    def graph_operator(
+        self, edge_index: torch.Tensor, edge_weight: torch.Tensor | None, num_nodes: int
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The normalized graph in the form this model propagates with (cached with the normalization).
+
+        On CPU and CUDA the sparse CSR matrix ``Â`` (row = target cell, column = neighbour); elsewhere the
+        ``(edge_index, edge_weight)`` pair of :meth:`normalize_graph`. Pass it to :meth:`encode_graph` and
+        :meth:`propagate_graph`.
+        """
+        cached = getattr(self, "_cached_adj", None)  # models saved before the attribute existed
+        if self.cached and cached is not None:
+            return cached
+        ei, ew = self.normalize_graph(edge_index, edge_weight, num_nodes)
+        if ei.device.type not in ("cpu", "cuda"):
+            return ei, ew
+        adj = torch.sparse_coo_tensor(ei.flip(0), ew.float(), (num_nodes, num_nodes)).coalesce().to_sparse_csr()
+        if self.cached:
+            self._cached_adj = adj
+        return adj
+
+    @staticmethod
+    def _spmm(graph: torch.Tensor | tuple[torch.Tensor, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """``Â h``: one float32 sparse product (autocast off for it), or PyG's edge-wise sum for an edge pair."""
+        if isinstance(graph, tuple):
+            ei, ew = graph
+            return _EDGE_SUM(h, ei, ew)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return torch.sparse.mm(graph, h.float())
+
+    def _gcn(self, layer: nn.Module, h: torch.Tensor, graph) -> torch.Tensor:
+        """A ``GCNConv`` layer built with ``normalize=False``: ``Â (h W) + b`` on :meth:`graph_operator`'s graph."""
+        out = self._spmm(graph, layer.lin(h))
+        return out + layer.bias if layer.bias is not None else out
+
+    def propagate_graph(self, h: torch.Tensor, graph) -> torch.Tensor:
+        """``Â h`` (the heads' propagation) on :meth:`graph_operator`'s graph."""
+        return self._spmm(graph, h)
+
     def reset_cache(self) -> None:
         """Forget the cached graph normalization."""
         self._cached_graph = None
+        self._cached_adj = None
 
     # ---------------------------------------------------------------- pieces
     def encode(
         self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Run the encoder only: ``{"z"}`` plus ``{"z_mu", "z_logvar"}`` when variational."""
-        ei, ew = self.normalize_graph(edge_index, edge_weight, x.shape[0])
-        return self._encode(x, ei, ew)
+        return self.encode_graph(x, self.graph_operator(edge_index, edge_weight, x.shape[0]))
 
-    def _encode(self, x: torch.Tensor, ei: torch.Tensor, ew: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._latent(self.gcn(x, ei, ew), ei, ew)
+    def encode_graph(self, x: torch.Tensor, graph) -> dict[str, torch.Tensor]:
+        """:meth:`encode` on a graph from :meth:`graph_operator`."""
+        return self._latent(self._gcn(self.gcn, x, graph), graph)
 
     def encoder_input(self, ax: torch.Tensor) -> torch.Tensor:
         """The first GCN layer before its normalization, from the already propagated input ``ax = Â x``.
@@ -201,12 +246,12 @@ class SCVGAE(nn.Module):
             raise ValueError("latent_from_input is for non-variational models (mu / logvar need the graph).")
         return self.dropout_encoder(torch.relu(self.graph_norm(pre)))
 
-    def _latent(self, pre: torch.Tensor, ei: torch.Tensor, ew: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _latent(self, pre: torch.Tensor, graph) -> dict[str, torch.Tensor]:
         h = self.dropout_encoder(torch.relu(self.graph_norm(pre)))
         if not self.variational:
             return {"z": h}
-        mu = self.gcn_mu(h, ei, ew)
-        logvar = self.gcn_logvar(h, ei, ew).clamp(-min(self.log_clamp, 10.0), min(self.log_clamp, 10.0))
+        mu = self._gcn(self.gcn_mu, h, graph)
+        logvar = self._gcn(self.gcn_logvar, h, graph).clamp(-min(self.log_clamp, 10.0), min(self.log_clamp, 10.0))
         if self.training:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         else:
@@ -261,11 +306,11 @@ class SCVGAE(nn.Module):
         and, when variational, ``"z_mu"``, ``"z_logvar"`` and ``"kl"`` (``(n,)``, the KL divergence of each
         cell's posterior from ``N(0, I)``, summed over latent dimensions).
         """
-        ei, ew = self.normalize_graph(edge_index, edge_weight, x.shape[0])
-        out = self._encode(x, ei, ew)
+        graph = self.graph_operator(edge_index, edge_weight, x.shape[0])
+        out = self.encode_graph(x, graph)
         z = out["z"]
 
-        h = self.propagate(z, ei, ew) if self.propagate is not None else z
+        h = self.propagate_graph(z, graph) if self.propagate is not None else z
         if rows is not None:
             h, z_rows, x = h[rows], z[rows], x[rows]
             cell_index = rows if cell_index is None else cell_index[rows]

@@ -69,6 +69,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware (faster than float32 there).
+
+    CUDA: :func:`torch.cuda.is_bf16_supported` (Ampere and newer). CPU: the AVX-512 BF16 or AMX instructions
+    (recent Intel Xeon and AMD EPYC); elsewhere bfloat16 is emulated and slower than float32. MPS: no.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        for name in checks:
+            check = getattr(cpu, name, None)
+            try:
+                if check is not None and check():
+                    return True
+            except Exception:  # noqa: BLE001 - a private probe; absent or failing means "don't know"
+                continue
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn a ``precision`` argument into ``"32"`` or ``"bf16"``.
+
+    ``"auto"`` is ``"bf16"`` where the device has fast bfloat16 arithmetic (:func:`fast_bf16`), else ``"32"``.
+    """
+    if precision == "auto":
+        return "bf16" if fast_bf16(device) else "32"
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'auto', '32' or 'bf16', got {precision!r}.")
+    return precision
+
+
 def _seed(random_state: int) -> None:
     random.seed(random_state)
     np.random.seed(random_state % 2**32)
@@ -131,7 +164,8 @@ class Trainer:
         are not deterministic. Weight initialization happens when the module is built: seed before that.
     precision
         ``"32"`` (float32) or ``"bf16"`` (forward and loss under :func:`torch.autocast` with bfloat16, on CPU
-        or CUDA; weights, gradients and the optimizer stay float32).
+        or CUDA; weights, gradients and the optimizer stay float32); ``"auto"``: ``"bf16"`` where the device
+        has fast bfloat16 arithmetic (see :func:`resolve_precision`). :attr:`precision` holds the choice.
     gradient_clip_val
         Clip the gradients' global norm to this value (``None``: no clipping).
     restore_best_weights
@@ -162,13 +196,13 @@ class Trainer:
         min_delta: float = 0.0,
         progress_bar: bool = True,
         random_state: int | None = 0,
-        precision: Literal["32", "bf16"] = "32",
+        precision: Literal["auto", "32", "bf16"] = "32",
         gradient_clip_val: float | None = None,
         restore_best_weights: bool | None = None,
         accumulate_grad_batches: int = 1,
     ) -> None:
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be '32' or 'bf16', got {precision!r}.")
+        if precision != "auto" and precision not in _PRECISIONS:
+            raise ValueError(f"precision must be 'auto', '32' or 'bf16', got {precision!r}.")
         if max_epochs < 0:
             raise ValueError(f"max_epochs must be >= 0, got {max_epochs}.")
         if patience < 1:
@@ -189,7 +223,7 @@ class Trainer:
         self.min_delta = float(min_delta)
         self.progress_bar = bool(progress_bar)
         self.random_state = random_state
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self.gradient_clip_val = gradient_clip_val
         self.restore_best_weights = early_stopping if restore_best_weights is None else bool(restore_best_weights)
         self.accumulate_grad_batches = int(accumulate_grad_batches)

@@ -127,7 +127,8 @@ def gnnimpute_options() -> dict[str, Any]:
         ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see :func:`scvgae_sc.pp.cell_graph`).
         Unused without ``batch_key`` or with a ``graph_key``. Size factors are per batch either way.
     ``precision`` (``"32"``)
-        ``"bf16"`` trains under bfloat16 autocast.
+        ``"bf16"`` trains under bfloat16 autocast; ``"auto"`` does so where the device has fast bfloat16
+        arithmetic (:func:`scvgae_sc.nn.fast_bf16`). The choice is ``params["precision_used"]``.
     ``batching`` (``"auto"``), ``batch_size`` (512)
         ``"full"``: one optimizer step per epoch over the whole graph (the published training). ``"subgraph"``:
         each epoch visits all cells in random batches of ``batch_size``, one step per batch; a batch's first
@@ -174,7 +175,7 @@ def _validate(opts: dict[str, Any]) -> None:
         )
     choices = {
         "output": ("fill", "recon"),
-        "precision": ("32", "bf16"),
+        "precision": ("auto", "32", "bf16"),
         "fill_scale": ("auto", "fit", "none"),
         "batching": ("auto", "full", "subgraph"),
         "batch_mode": ("within", "balanced"),
@@ -540,6 +541,7 @@ def run_gnnimpute(
     params = {k: v for k, v in opts.items() if k not in ("progress_bar",)}
     params.update(max_epochs_used=n_epochs, n_train=int(train_cells.sum()), n_val=int(val_cells.sum()))
     params["batching_used"] = batching
+    params["precision_used"] = trainer.precision
     params["fill_scale_used"] = float(scale)
     params["graph_weight_used"] = float(graph_weight)
     params["n_test"] = int(test_cells.sum())

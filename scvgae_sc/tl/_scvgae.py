@@ -175,7 +175,7 @@ def _validate(opts: dict[str, Any]) -> None:
         "fill_scale": ("auto", "fit", "none"),
         "transform": ("auto", "none", "log1p"),
         "zinb_target": ("counts", "normalized"),
-        "precision": ("32", "bf16"),
+        "precision": ("auto", "32", "bf16"),
         "batching": ("auto", "full", "subgraph"),
         "batch_mode": ("within", "balanced"),
     }
@@ -220,10 +220,9 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
     module.eval()
     try:
         with torch.no_grad():
-            ei, ew = module.normalize_graph(edge_index, edge_weight, x.shape[0])
-            enc = module._encode(x, ei, ew)
-            z = enc["z"]
-            h = module.propagate(z, ei, ew) if module.propagate is not None else z
+            graph = module.graph_operator(edge_index, edge_weight, x.shape[0])
+            z = module.encode_graph(x, graph)["z"]
+            h = module.propagate_graph(z, graph) if module.propagate is not None else z
             recon = torch.empty(x.shape, dtype=torch.float32, device=x.device)
             for rows in torch.arange(x.shape[0], device=x.device).split(max(int(chunk), 2)):
                 recon[rows] = module.decode(h[rows], z[rows], x[rows], rows)["recon"].float()
@@ -616,6 +615,7 @@ def run_scvgae(
     params.update(transform_used=transform, max_epochs_used=n_epochs, fill_scale_used=float(scale))
     params["graph_weight_used"] = float(graph_weight)
     params["batching_used"] = batching
+    params["precision_used"] = trainer.precision
     return ImputeResult(
         imputed=imputed if out is not None else np.ascontiguousarray(imputed, dtype=np.float32),
         latent=np.ascontiguousarray(latent, dtype=np.float32),

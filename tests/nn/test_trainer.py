@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scvgae_sc.nn import SCVGAE, GNNImputeModule, Trainer, resolve_device, scvgae_loss
+from scvgae_sc.nn import SCVGAE, GNNImputeModule, Trainer, fast_bf16, resolve_device, resolve_precision, scvgae_loss
 
 N_CELLS, N_GENES = 50, 30
 
@@ -177,6 +177,22 @@ def test_bf16_on_cpu(data):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with pytest.raises(ValueError, match="precision"):
         Trainer(model, lr=1e-3, max_epochs=1, device="cpu", precision="fp8")
+
+
+def test_precision_auto(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("32", cpu) == "32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if fast_bf16(cpu) else "32")
+    with pytest.raises(ValueError, match="'auto', '32' or 'bf16'"):
+        resolve_precision("16", cpu)
+    # "auto" follows the hardware probe, both ways; the Trainer keeps the resolved value
+    for probe, expected in ((lambda: True, "bf16"), (lambda: False, "32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", probe, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        trainer = Trainer(make_scvgae(), lr=1e-3, max_epochs=1, device="cpu", progress_bar=False, precision="auto")
+        assert trainer.precision == expected
+    assert not fast_bf16(torch.device("meta"))
 
 
 def test_keyboard_interrupt_restores_best(data):
