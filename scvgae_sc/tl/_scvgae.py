@@ -153,7 +153,13 @@ def scvgae_options() -> dict[str, Any]:
         (``max_memory`` of :func:`~scvgae_sc.tl.impute`) or above 20,000 cells, and logs the choice. Not with
         ``variational=True`` (its extra GCN layers need the whole graph).
     ``precision`` (``"32"``)
-        ``"bf16"`` trains under bfloat16 autocast.
+        ``"bf16"`` trains under bfloat16 autocast (graph propagations and the losses stay float32), ``"32"`` in
+        float32; ``"auto"`` is ``"bf16"`` where the device multiplies bfloat16 natively
+        (:func:`scvgae_sc.nn.fast_bf16`: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX) and ``"32"``
+        elsewhere. The choice is ``params["precision_used"]``. On a 2-core AVX-512 BF16 CPU bf16 took a third
+        less CPU time with the same masked-value and paper-protocol scores on four datasets (3 seeds,
+        ``benchmarks/results/bf16_all.json``); the Leiden scores moved both ways (pbmc3k up, baron_mouse down on one
+        seed), so float32 stays the default until more seeds settle it.
     ``progress_bar`` (None)
         Show a progress bar (default: at Scanpy verbosity ``info`` or above).
     """

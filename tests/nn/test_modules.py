@@ -100,6 +100,7 @@ def test_gcn_heads_equal_gcnconv(data):
 def test_sparse_product_matches_edge_propagation(data, variational):
     """The CSR sparse product (CPU / CUDA) is the same function, with the same gradients, as PyG's edge sums."""
     x, _, _, ei, ew = data
+    torch.manual_seed(0)
     model = small_scvgae(heads="gcn", variational=variational).eval()
     graph = model.graph_operator(ei, ew, N_CELLS)
     assert graph.layout == torch.sparse_csr
@@ -117,10 +118,19 @@ def test_sparse_product_matches_edge_propagation(data, variational):
     exact = run(pair, False)
     for a, b in zip(run(graph, False), exact, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    # under bf16 autocast the product itself stays float32 (sparse kernels have none in bf16): close to float32
-    for a, b in zip(run(graph, True), exact, strict=True):
-        assert a.dtype == torch.float32
-        assert float((a - b).norm() / b.norm()) < 0.05
+    # a directed graph: row i of the sparse matrix aggregates from the sources of edges into i (PyG's direction)
+    keep = ei[0] < ei[1]
+    directed = model.graph_operator(ei[:, keep], ew[keep], N_CELLS)
+    model.reset_cache()
+    h = torch.randn(N_CELLS, 3)
+    edge_sum = model.propagate_graph(h, model.normalize_graph(ei[:, keep], ew[keep], N_CELLS))
+    torch.testing.assert_close(model.propagate_graph(h, directed), edge_sum, rtol=1e-5, atol=1e-6)
+    # under bf16 autocast the product itself stays float32 (sparse kernels have none in bf16); the output is close
+    # to float32's, and the gradients (which bf16 moves by 5-25 % in this tiny model, on either path) to PyG's
+    (h16, grad16), (_, grad16_edges) = run(graph, True), run(pair, True)
+    assert h16.dtype == torch.float32
+    assert float((h16 - exact[0]).norm() / exact[0].norm()) < 0.02
+    assert float((grad16 - grad16_edges).norm() / grad16_edges.norm()) < 0.02
 
 
 def test_cell_index_minibatch(data):
