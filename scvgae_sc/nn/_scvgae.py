@@ -55,7 +55,8 @@ class SCVGAE(nn.Module):
     shared by all GCN layers. ``cached=True`` keeps it between calls (full-batch training on one fixed graph
     only; leave ``False`` for mini-batches). On CPU and CUDA every propagation is one sparse-matrix product
     with ``Â`` in CSR form, in float32 (also under bfloat16 autocast: sparse kernels have no bfloat16) — the
-    same function as PyG's per-edge gather / scatter, about 4× faster on CPU; other devices use PyG's path.
+    same function as PyG's per-edge gather / scatter, 3.6–7× faster per propagation on CPU; other devices use
+    PyG's path.
 
     Parameters
     ----------

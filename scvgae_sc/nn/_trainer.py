@@ -85,7 +85,7 @@ def fast_bf16(device: torch.device) -> bool:
             try:
                 if check is not None and check():
                     return True
-            except Exception:  # noqa: BLE001 - a private probe; absent or failing means "don't know"
+            except Exception:  # a private probe: absent or failing means "don't know"
                 continue
     return False
 
@@ -201,8 +201,6 @@ class Trainer:
         restore_best_weights: bool | None = None,
         accumulate_grad_batches: int = 1,
     ) -> None:
-        if precision != "auto" and precision not in _PRECISIONS:
-            raise ValueError(f"precision must be 'auto', '32' or 'bf16', got {precision!r}.")
         if max_epochs < 0:
             raise ValueError(f"max_epochs must be >= 0, got {max_epochs}.")
         if patience < 1:
