@@ -158,8 +158,8 @@ def scvgae_options() -> dict[str, Any]:
         (:func:`scvgae_sc.nn.fast_bf16`: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX) and ``"32"``
         elsewhere. The choice is ``params["precision_used"]``. On a 2-core AVX-512 BF16 CPU bf16 took a third
         less CPU time with the same masked-value and paper-protocol scores on four datasets (3 seeds,
-        ``benchmarks/results/bf16_all.json``); the Leiden scores moved both ways (pbmc3k up, baron_mouse down on one
-        seed), so float32 stays the default until more seeds settle it.
+        ``benchmarks/results/bf16_all.md``); the Leiden scores moved both ways (pbmc3k up, baron_mouse down on two
+        of three seeds), so float32 stays the default.
     ``progress_bar`` (None)
         Show a progress bar (default: at Scanpy verbosity ``info`` or above).
     """
