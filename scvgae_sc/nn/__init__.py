@@ -1,12 +1,13 @@
 """Torch modules, losses and the training loop (tensors only; no AnnData in here)."""
 
 from ._distributed import init_from_env, is_distributed, rank, world_size
-from ._gnnimpute import GNNImputeModule
+from ._gnnimpute import AttentionGraph, GNNImputeModule
 from ._scvgae import SCVGAE, scvgae_loss
 from ._trainer import Trainer, fast_bf16, resolve_device, resolve_precision
 from ._zinb import masked_mean, nb_nll, zinb_nll
 
 __all__ = [
+    "AttentionGraph",
     "GNNImputeModule",
     "SCVGAE",
     "Trainer",

@@ -1,18 +1,152 @@
 """GNNImpute: a graph-attention autoencoder whose output is scaled by per-cell size factors.
 
 Torch only: tensors in, tensors out. Sparse message passing (PyG ``GATConv``) replaces the published
-dense ``n × n`` attention.
+dense ``n × n`` attention. On CPU and CUDA a whole-graph pass computes each ``GATConv`` with the layer's own
+parameters but aggregates with one sparse product per head (:class:`AttentionGraph`), so the per-edge messages
+(edges × heads × channels, the largest tensors of PyG's edge-wise path) are never stored.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv
+from torch_geometric.utils import add_self_loops as _add_self_loops
+from torch_geometric.utils import remove_self_loops, softmax
 
+from ._sparse import csr_tensor
 from ._zinb import masked_mean
 
-__all__ = ["GNNImputeModule"]
+__all__ = ["AttentionGraph", "GNNImputeModule"]
+
+#: Edges per piece when the attention gradient is computed (bounds its temporaries to a few MB).
+_EDGE_CHUNK_ELEMENTS = 1 << 22
+
+
+class AttentionGraph:
+    """A graph's edges sorted for sparse-product attention (both directions), built once per graph.
+
+    The edge set is the one ``GATConv`` attends over: with ``add_self_loops=True`` existing self loops are
+    removed and one per node added, as ``GATConv`` does. Edges are sorted by target (rows of the CSR
+    attention matrix) and, through :attr:`perm_t`, by source (rows of its transpose).
+
+    Parameters
+    ----------
+    edge_index
+        ``(2, n_edges)``, PyG convention (``[0]`` sources, ``[1]`` targets).
+    num_nodes
+        Number of nodes.
+    add_self_loops
+        As the ``GATConv`` layers that will use the graph.
+    """
+
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int, *, add_self_loops: bool = True) -> None:
+        ei = edge_index.long()
+        if add_self_loops:
+            ei, _ = remove_self_loops(ei)
+            ei, _ = _add_self_loops(ei, num_nodes=num_nodes)
+        src, dst = ei[0], ei[1]
+        order = torch.argsort(dst * num_nodes + src)
+        self.num_nodes = int(num_nodes)
+        self.add_self_loops = bool(add_self_loops)
+        self.src, self.dst = src[order].contiguous(), dst[order].contiguous()
+        self.ptr = self._ptr(self.dst)
+        self.perm_t = torch.argsort(self.src * num_nodes + self.dst)
+        self.dst_t = self.dst[self.perm_t].contiguous()
+        self.ptr_t = self._ptr(self.src[self.perm_t])
+
+    def _ptr(self, sorted_rows: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(sorted_rows, minlength=self.num_nodes)
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    @property
+    def num_edges(self) -> int:
+        """Number of edges (self loops included)."""
+        return int(self.src.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    @staticmethod
+    def supported(device: torch.device | str) -> bool:
+        """Whether sparse products run on ``device`` (CPU and CUDA); elsewhere PyG's edge-wise path is used."""
+        return torch.device(device).type in ("cpu", "cuda")
+
+
+def _csr(ptr: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    return csr_tensor(ptr, cols, values, (n, n))
+
+
+class _AttentionSum(torch.autograd.Function):
+    """``out[i, h] = Σ_e:dst=i alpha[e, h] · x[src_e, h]`` with sparse products, float32.
+
+    Backward: ``grad_x`` by the transposed products; ``grad_alpha[e, h] = <grad_out[dst_e, h], x[src_e, h]>``
+    computed over pieces of edges, so no edges × heads × channels tensor exists at once.
+    """
+
+    @staticmethod
+    def forward(ctx, alpha: torch.Tensor, x: torch.Tensor, graph: AttentionGraph) -> torch.Tensor:  # noqa: D102
+        alpha32, x32 = alpha.float(), x.float()
+        n, heads, _ = x32.shape
+        out = torch.empty_like(x32)
+        for h in range(heads):
+            out[:, h] = torch.sparse.mm(_csr(graph.ptr, graph.src, alpha32[:, h].contiguous(), n), x32[:, h].contiguous())
+        ctx.graph = graph
+        ctx.dtypes = (alpha.dtype, x.dtype)
+        ctx.save_for_backward(alpha32, x32)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
+        alpha32, x32 = ctx.saved_tensors
+        graph: AttentionGraph = ctx.graph
+        g = grad_out.float().contiguous()  # the heads' mean gives an expanded (stride-0) gradient
+        n, heads, channels = x32.shape
+        grad_alpha = grad_x = None
+        if ctx.needs_input_grad[1]:
+            alpha_t = alpha32[graph.perm_t]
+            grad_x = torch.empty_like(x32)
+            for h in range(heads):
+                grad_x[:, h] = torch.sparse.mm(_csr(graph.ptr_t, graph.dst_t, alpha_t[:, h].contiguous(), n), g[:, h].contiguous())
+            grad_x = grad_x.to(ctx.dtypes[1])
+        if ctx.needs_input_grad[0]:
+            grad_alpha = torch.empty_like(alpha32)
+            step = max(1, _EDGE_CHUNK_ELEMENTS // (heads * channels))
+            for start in range(0, graph.num_edges, step):
+                sl = slice(start, start + step)
+                grad_alpha[sl] = (g.index_select(0, graph.dst[sl]) * x32.index_select(0, graph.src[sl])).sum(-1)
+            grad_alpha = grad_alpha.to(ctx.dtypes[0])
+        return grad_alpha, grad_x, None
+
+
+def gat_sparse(conv: GATConv, x: torch.Tensor, graph: AttentionGraph) -> torch.Tensor:
+    """``conv(x, edge_index)`` for a whole graph, aggregated by sparse products (see :class:`AttentionGraph`).
+
+    The layer's own parameters and settings (heads, ``concat``, ``negative_slope``, attention ``dropout``,
+    ``bias``) — the same function as PyG's ``GATConv.forward`` for a non-bipartite layer without edge features
+    or residual; only the order of floating-point sums (and which edge each attention-dropout draw falls on)
+    differs. The aggregation runs in float32 (sparse kernels have no bfloat16), also under autocast.
+    """
+    if conv.lin is None or conv.res is not None or conv.lin_edge is not None:
+        raise ValueError("gat_sparse supports GATConv layers with a shared linear map, no residual, no edge features.")
+    if conv.add_self_loops != graph.add_self_loops:
+        raise ValueError(
+            f"The graph was built with add_self_loops={graph.add_self_loops}, the layer has {conv.add_self_loops}."
+        )
+    heads, channels = conv.heads, conv.out_channels
+    xw = conv.lin(x).view(-1, heads, channels)
+    a_src = (xw * conv.att_src).sum(-1)
+    a_dst = (xw * conv.att_dst).sum(-1)
+    alpha = a_src.index_select(0, graph.src) + a_dst.index_select(0, graph.dst)
+    alpha = F.leaky_relu(alpha, conv.negative_slope)
+    alpha = softmax(alpha, graph.dst, num_nodes=graph.num_nodes)
+    alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
+    with torch.autocast(device_type=xw.device.type, enabled=False):
+        out = _AttentionSum.apply(alpha, xw, graph)
+    out = out.reshape(-1, heads * channels) if conv.concat else out.mean(dim=1)
+    return out + conv.bias if conv.bias is not None else out
 
 
 class GNNImputeModule(nn.Module):
@@ -77,13 +211,31 @@ class GNNImputeModule(nn.Module):
             nn.ReLU(),
         )
 
-    def encode(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """Return the latent representation ``Z`` ``(n, latent)``."""
-        h = self.dropout(torch.relu(self.bn1(self.conv1(x, edge_index))))
-        return self.dropout(torch.relu(self.bn2(self.conv2(h, edge_index))))
+    def attention_graph(self, edge_index: torch.Tensor, num_nodes: int) -> AttentionGraph | None:
+        """The :class:`AttentionGraph` of ``edge_index`` for this model's layers, or ``None`` on devices without
+        sparse products (there :meth:`encode` uses PyG's edge-wise path). Build it once and pass it instead of
+        ``edge_index`` to save re-sorting the edges at every call."""
+        if not AttentionGraph.supported(edge_index.device):
+            return None
+        return AttentionGraph(edge_index, num_nodes, add_self_loops=self.conv1.add_self_loops)
+
+    def _conv(self, conv: GATConv, h: torch.Tensor, graph: torch.Tensor | AttentionGraph | None) -> torch.Tensor:
+        return gat_sparse(conv, h, graph) if isinstance(graph, AttentionGraph) else conv(h, graph)
+
+    def encode(self, x: torch.Tensor, edge_index: torch.Tensor | AttentionGraph) -> torch.Tensor:
+        """Return the latent representation ``Z`` ``(n, latent)``.
+
+        ``edge_index`` is the graph over the rows of ``x`` (an :class:`AttentionGraph` from
+        :meth:`attention_graph`, or an edge index, sorted into one here on CPU and CUDA).
+        """
+        graph = edge_index
+        if isinstance(graph, torch.Tensor):
+            graph = self.attention_graph(graph, x.shape[0]) or graph
+        h = self.dropout(torch.relu(self.bn1(self._conv(self.conv1, x, graph))))
+        return self.dropout(torch.relu(self.bn2(self._conv(self.conv2, h, graph))))
 
     def forward(
-        self, x: torch.Tensor, edge_index: torch.Tensor, size_factors: torch.Tensor | None = None
+        self, x: torch.Tensor, edge_index: torch.Tensor | AttentionGraph, size_factors: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Run the network.
 
@@ -92,7 +244,7 @@ class GNNImputeModule(nn.Module):
         x
             ``(n, n_genes)`` input (the published preprocessing: log1p then z-score per gene).
         edge_index
-            ``(2, n_edges)`` graph over the ``n`` rows.
+            ``(2, n_edges)`` graph over the ``n`` rows, or its :class:`AttentionGraph`.
         size_factors
             ``(n,)`` or ``(n, 1)`` library size / median library size; ``None`` means 1.
 

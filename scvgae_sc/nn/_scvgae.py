@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GCNConv, GraphNorm, SimpleConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
+from ._sparse import coo_to_csr
 from ._zinb import masked_mean, zinb_nll
 
 __all__ = ["SCVGAE", "scvgae_loss"]
@@ -192,7 +193,7 @@ class SCVGAE(nn.Module):
         ei, ew = self.normalize_graph(edge_index, edge_weight, num_nodes)
         if ei.device.type not in ("cpu", "cuda"):
             return ei, ew
-        adj = torch.sparse_coo_tensor(ei.flip(0), ew.float(), (num_nodes, num_nodes)).coalesce().to_sparse_csr()
+        adj = coo_to_csr(ei.flip(0), ew.float(), (num_nodes, num_nodes))
         if self.cached:
             self._cached_adj = adj
         return adj

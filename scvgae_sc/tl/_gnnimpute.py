@@ -399,6 +399,8 @@ def run_gnnimpute(
     sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
     target = torch.from_numpy(Xlin).to(dev)
     edge_index, _ = edge_tensors(A, dev)
+    # whole-graph passes aggregate attention by sparse products (CPU, CUDA); the edges are sorted once here
+    edge_index = model.attention_graph(edge_index, n_cells) or edge_index
     # Losses index the few entries they need instead of building n_cells × n_genes masks: training peaks
     # stay at a few dense copies of the data.
     train_rows, val_rows = (torch.from_numpy(np.flatnonzero(m)).to(dev) for m in (train_cells, val_cells))

@@ -272,3 +272,88 @@ def test_rows_equal_slices_of_the_full_forward(data, variational):
     for key in ("recon", "mean", "pi_logits", "theta") + (("kl",) if variational else ()):
         torch.testing.assert_close(part[key], full[key][rows], rtol=1e-5, atol=1e-5)
     assert part["z"].shape[0] == N_CELLS  # the latent of every cell
+
+
+def _pyg_encode(model: GNNImputeModule, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """The encoder on PyG's edge-wise ``GATConv.forward`` (the reference for the sparse-product path)."""
+    h = model.dropout(torch.relu(model.bn1(model.conv1(x, edge_index))))
+    return model.dropout(torch.relu(model.bn2(model.conv2(h, edge_index))))
+
+
+@pytest.mark.parametrize("add_self_loops", [True, False])
+@pytest.mark.parametrize("directed", [False, True])
+def test_sparse_attention_matches_gatconv(data, add_self_loops, directed):
+    """GNNImpute's whole-graph attention by sparse products is PyG's GATConv: same output and gradients."""
+    from scvgae_sc.nn import AttentionGraph
+
+    x, _, _, ei, _ = data
+    if directed:  # a kNN graph is directed: row i attends over the sources of the edges into i
+        ei = ei[:, ei[0] < ei[1]]
+    if not add_self_loops:  # then the graph brings its own (as pp.cell_graph(self_loops=True) does)
+        ei = torch.cat([ei, torch.arange(N_CELLS).repeat(2, 1)], dim=1)
+    torch.manual_seed(0)
+    model = GNNImputeModule(N_GENES, hidden=16, latent=6, heads=3, dropout=0.0, attention_dropout=0.0)
+    model.conv1.add_self_loops = model.conv2.add_self_loops = add_self_loops
+    with torch.no_grad():  # attention far from uniform, so a wrong edge order would show
+        for conv in (model.conv1, model.conv2):
+            conv.att_src.normal_(0, 1.0)
+            conv.att_dst.normal_(0, 1.0)
+    graph = model.attention_graph(ei, N_CELLS)
+    assert isinstance(graph, AttentionGraph)
+    assert graph.num_edges == ei.shape[1] + (N_CELLS if add_self_loops else 0)
+
+    def run(fn):
+        model.zero_grad()
+        z = fn()
+        (z * torch.linspace(-1, 1, z.numel()).view_as(z)).sum().backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return z.detach(), grads
+
+    z_ref, g_ref = run(lambda: _pyg_encode(model, x, ei))
+    for fn in (lambda: model.encode(x, graph), lambda: model.encode(x, ei)):  # prebuilt graph, or sorted per call
+        z, grads = run(fn)
+        torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+        assert grads.keys() == g_ref.keys()
+        for k, g in grads.items():
+            # the GAT biases sit right before BatchNorm: their true gradient is 0 and both paths give rounding
+            # noise, so compare them on the scale of their layer's weight gradient
+            ref = g_ref[k.replace("bias", "lin.weight")] if k in ("conv1.bias", "conv2.bias") else g_ref[k]
+            torch.testing.assert_close(g, g_ref[k], rtol=1e-4, atol=1e-5 * max(float(ref.abs().max()), 1.0), msg=k)
+    # eval mode (BatchNorm running statistics): the same prediction
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, graph)["recon"], model.decoder(_pyg_encode(model, x, ei)), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_attention_bf16_and_dropout(data):
+    """Under bf16 autocast the aggregation stays float32 and near the float32 result; attention dropout applies
+    in training (different outputs per call, seeded) and not in eval mode."""
+    x, _, _, ei, _ = data
+    torch.manual_seed(0)
+    model = GNNImputeModule(N_GENES, hidden=16, latent=6, heads=3, dropout=0.0, attention_dropout=0.5)
+    graph = model.attention_graph(ei, N_CELLS)
+    model.eval()
+    with torch.no_grad():
+        exact = model.encode(x, graph)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            approx = model.encode(x, graph)
+    assert approx.dtype == torch.float32  # BatchNorm output of the float32 aggregation
+    assert float((approx - exact).norm() / exact.norm()) < 0.03
+    model.train()
+    torch.manual_seed(1)
+    a = model.encode(x, graph)
+    torch.manual_seed(1)
+    b = model.encode(x, graph)
+    c = model.encode(x, graph)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_attention_graph_refuses_mismatched_self_loops(data):
+    from scvgae_sc.nn import AttentionGraph
+
+    x, _, _, ei, _ = data
+    model = GNNImputeModule(N_GENES, hidden=8, latent=4)
+    graph = AttentionGraph(ei, N_CELLS, add_self_loops=False)
+    with pytest.raises(ValueError, match="add_self_loops"):
+        model.encode(x, graph)
