@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from anndata import AnnData
 from scipy import sparse
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 __all__ = [
     "available_memory",
@@ -27,6 +29,7 @@ __all__ = [
     "check_finite",
     "check_nonnegative",
     "get_layer",
+    "keep_torch_threads",
     "rows_vary",
     "seed_everything",
     "to_dense_array",
@@ -268,3 +271,22 @@ def check_memory(need: float, *, what: str, max_memory: float | None = None, hin
             f"{what} needs about {need / 1e9:.2f} GB of memory, but {have}. Use fewer cells or genes (e.g. highly "
             "variable genes), or pass max_memory= (bytes) if you know better than the estimate." + hint
         )
+
+
+@contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore PyTorch's intra-op thread count after code that changes it behind the caller's back.
+
+    numba's OpenMP threading layer (used by pynndescent and UMAP, hence by ``sc.pp.neighbors``) sets the shared
+    OpenMP runtime to all cores the first time it starts in a process — which is also ``torch``'s thread count: a
+    ``torch.set_num_threads(1)`` made before would silently become 2 on a 2-core machine. Wrap graph and
+    embedding calls in this. Does nothing (and imports nothing) when ``torch`` is not imported.
+    """
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None and n is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)

@@ -92,7 +92,8 @@ class _AttentionSum(torch.autograd.Function):
         n, heads, _ = x32.shape
         out = torch.empty_like(x32)
         for h in range(heads):
-            out[:, h] = torch.sparse.mm(_csr(graph.ptr, graph.src, alpha32[:, h].contiguous(), n), x32[:, h].contiguous())
+            attention = _csr(graph.ptr, graph.src, alpha32[:, h].contiguous(), n)
+            out[:, h] = torch.sparse.mm(attention, x32[:, h].contiguous())
         ctx.graph = graph
         ctx.dtypes = (alpha.dtype, x.dtype)
         ctx.save_for_backward(alpha32, x32)
@@ -109,7 +110,8 @@ class _AttentionSum(torch.autograd.Function):
             alpha_t = alpha32[graph.perm_t]
             grad_x = torch.empty_like(x32)
             for h in range(heads):
-                grad_x[:, h] = torch.sparse.mm(_csr(graph.ptr_t, graph.dst_t, alpha_t[:, h].contiguous(), n), g[:, h].contiguous())
+                attention_t = _csr(graph.ptr_t, graph.dst_t, alpha_t[:, h].contiguous(), n)
+                grad_x[:, h] = torch.sparse.mm(attention_t, g[:, h].contiguous())
             grad_x = grad_x.to(ctx.dtypes[1])
         if ctx.needs_input_grad[0]:
             grad_alpha = torch.empty_like(alpha32)
@@ -212,9 +214,11 @@ class GNNImputeModule(nn.Module):
         )
 
     def attention_graph(self, edge_index: torch.Tensor, num_nodes: int) -> AttentionGraph | None:
-        """The :class:`AttentionGraph` of ``edge_index`` for this model's layers, or ``None`` on devices without
-        sparse products (there :meth:`encode` uses PyG's edge-wise path). Build it once and pass it instead of
-        ``edge_index`` to save re-sorting the edges at every call."""
+        """The :class:`AttentionGraph` of ``edge_index`` for this model's layers (``None`` where unsupported).
+
+        On devices without sparse products :meth:`encode` uses PyG's edge-wise path. Build the graph once and pass
+        it instead of ``edge_index`` to save re-sorting the edges at every call.
+        """
         if not AttentionGraph.supported(edge_index.device):
             return None
         return AttentionGraph(edge_index, num_nodes, add_self_loops=self.conv1.add_self_loops)

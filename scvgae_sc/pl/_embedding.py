@@ -10,7 +10,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import CELL_TYPE
-from .._utils import check_adata, check_finite, get_layer
+from .._utils import check_adata, check_finite, get_layer, keep_torch_threads
 from ._utils import (
     as_categorical,
     cached_entry,
@@ -99,7 +99,7 @@ def _compute_embeddings(
     n_obs = scratch.n_obs
     out = {}
     quiet = min(int(sc.settings.verbosity), int(sc.Verbosity.warning))
-    with sc.settings.verbosity.override(quiet):
+    with sc.settings.verbosity.override(quiet), keep_torch_threads():  # numba's OpenMP start resets torch's
         sc.pp.pca(scratch, n_comps=n_pcs, random_state=random_state)
         if "pca" in bases:
             out["pca"] = scratch.obsm["X_pca"]

@@ -13,6 +13,7 @@ from .._utils import (
     check_adata,
     check_finite,
     get_layer,
+    keep_torch_threads,
     params_for_uns,
     rows_vary,
     seed_everything,
@@ -39,15 +40,16 @@ def knn_search(X: np.ndarray, n_neighbors: int, *, random_state: int | None = 0)
     else:
         from pynndescent import NNDescent
 
-        index = NNDescent(
-            X,
-            n_neighbors=n_neighbors,
-            metric="euclidean",
-            random_state=random_state,
-            n_jobs=None,
-            low_memory=True,
-        )
-        idx, dist = index.neighbor_graph
+        with keep_torch_threads():  # numba's OpenMP start would reset torch's thread count
+            index = NNDescent(
+                X,
+                n_neighbors=n_neighbors,
+                metric="euclidean",
+                random_state=random_state,
+                n_jobs=None,
+                low_memory=True,
+            )
+            idx, dist = index.neighbor_graph
     # make sure every row starts with itself (duplicated cells can swap places with it)
     rows = np.arange(n)
     has_self = idx == rows[:, None]
@@ -78,15 +80,16 @@ def knn_query(
     else:
         from pynndescent import NNDescent
 
-        nnd = NNDescent(
-            index,
-            n_neighbors=max(n_neighbors, 15),
-            metric="euclidean",
-            random_state=random_state,
-            n_jobs=None,
-            low_memory=True,
-        )
-        idx, dist = nnd.query(queries, k=n_neighbors)
+        with keep_torch_threads():
+            nnd = NNDescent(
+                index,
+                n_neighbors=max(n_neighbors, 15),
+                metric="euclidean",
+                random_state=random_state,
+                n_jobs=None,
+                low_memory=True,
+            )
+            idx, dist = nnd.query(queries, k=n_neighbors)
     return idx.astype(np.int64), dist.astype(np.float32)
 
 

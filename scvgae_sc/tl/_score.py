@@ -10,7 +10,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import CELL_TYPE, MASKED, NORMALIZED, mask_key
-from .._utils import check_adata, check_finite, get_layer, rows_vary, to_dense_array
+from .._utils import check_adata, check_finite, get_layer, keep_torch_threads, rows_vary, to_dense_array
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -227,7 +227,7 @@ def _leiden(X, labels: np.ndarray, k: int, random_state: int | None) -> dict[str
     n_comps = min(50, n_obs - 1, n_vars - 1)
     n_neighbors = min(15, n_obs - 1)
     quiet = min(int(sc.settings.verbosity), int(sc.Verbosity.warning))
-    with sc.settings.verbosity.override(quiet):
+    with sc.settings.verbosity.override(quiet), keep_torch_threads():  # numba's OpenMP start resets torch's
         sc.pp.pca(scratch, n_comps=n_comps, random_state=random_state)
         sc.pp.neighbors(scratch, n_neighbors=n_neighbors, use_rep="X_pca", random_state=random_state)
 

@@ -342,3 +342,44 @@ def test_pbmc3k_paper_protocol(pbmc3k):
     assert 0.6 < out["ari"] < 0.75
     assert 0.7 < out["ami"] < 0.8
     assert 0.7 < out["nmi"] < 0.8
+
+
+def test_keep_torch_threads_restores_the_count():
+    import torch
+
+    from scvgae_sc._utils import keep_torch_threads
+
+    before = torch.get_num_threads()
+    with keep_torch_threads():
+        torch.set_num_threads(before + 1)  # what numba's OpenMP start does to torch
+    assert torch.get_num_threads() == before
+
+
+_THREADS_SCRIPT = """
+import numpy as np, anndata as ad, torch
+import scvgae_sc as sv
+torch.set_num_threads(1)
+(torch.randn(256, 256) @ torch.randn(256, 256)).sum()  # torch's OpenMP pool is running with 1 thread
+rng = np.random.default_rng(0)
+X = rng.poisson(1.0, (120, 30)).astype(np.float32)
+a = ad.AnnData(X, layers={"counts": X.copy()})
+a.obs["cell_type"] = (np.arange(120) % 3).astype(str)
+sv.pp.normalize(a)
+sv.tl.score_clustering(a, "normalized", labels_key="cell_type", protocol="leiden")
+print("THREADS", torch.get_num_threads())
+"""
+
+
+def test_leiden_protocol_keeps_the_callers_torch_threads(tmp_path):
+    """sc.pp.neighbors starts numba's OpenMP layer, which (without the guard) resets torch's thread count to all
+    cores. A fresh process, because numba starts that layer once per process."""
+    import subprocess
+    import sys
+
+    numba_cache = tmp_path / "numba"  # nothing cached: the first start happens in this process
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(numba_cache)}
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("NUMBA_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "THREADS 1" in out.stdout, out.stdout + out.stderr[-2000:]
