@@ -67,6 +67,7 @@ class AttentionGraph:
 
     @property
     def device(self) -> torch.device:
+        """Device of the edge tensors."""
         return self.src.device
 
     @staticmethod
@@ -123,6 +124,20 @@ class _AttentionSum(torch.autograd.Function):
         return grad_alpha, grad_x, None
 
 
+def _shared_lin(conv: GATConv) -> nn.Module | None:
+    """The layer's one linear map for sources and targets, or ``None`` where :func:`gat_sparse` does not apply.
+
+    ``lin`` in recent PyG, ``lin_src`` (the same module as ``lin_dst``) in older versions; ``None`` for separate
+    source / target maps, a residual or edge features.
+    """
+    if getattr(conv, "res", None) is not None or getattr(conv, "lin_edge", None) is not None:
+        return None
+    lin = getattr(conv, "lin", None)
+    if lin is None and getattr(conv, "lin_src", None) is not None and conv.lin_src is getattr(conv, "lin_dst", None):
+        lin = conv.lin_src
+    return lin
+
+
 def gat_sparse(conv: GATConv, x: torch.Tensor, graph: AttentionGraph) -> torch.Tensor:
     """``conv(x, edge_index)`` for a whole graph, aggregated by sparse products (see :class:`AttentionGraph`).
 
@@ -131,14 +146,15 @@ def gat_sparse(conv: GATConv, x: torch.Tensor, graph: AttentionGraph) -> torch.T
     or residual; only the order of floating-point sums (and which edge each attention-dropout draw falls on)
     differs. The aggregation runs in float32 (sparse kernels have no bfloat16), also under autocast.
     """
-    if conv.lin is None or conv.res is not None or conv.lin_edge is not None:
+    lin = _shared_lin(conv)
+    if lin is None:
         raise ValueError("gat_sparse supports GATConv layers with a shared linear map, no residual, no edge features.")
     if conv.add_self_loops != graph.add_self_loops:
         raise ValueError(
             f"The graph was built with add_self_loops={graph.add_self_loops}, the layer has {conv.add_self_loops}."
         )
     heads, channels = conv.heads, conv.out_channels
-    xw = conv.lin(x).view(-1, heads, channels)
+    xw = lin(x).view(-1, heads, channels)
     a_src = (xw * conv.att_src).sum(-1)
     a_dst = (xw * conv.att_dst).sum(-1)
     alpha = a_src.index_select(0, graph.src) + a_dst.index_select(0, graph.dst)
@@ -220,6 +236,8 @@ class GNNImputeModule(nn.Module):
         it instead of ``edge_index`` to save re-sorting the edges at every call.
         """
         if not AttentionGraph.supported(edge_index.device):
+            return None
+        if any(_shared_lin(conv) is None for conv in (self.conv1, self.conv2)):  # another PyG's GATConv layout
             return None
         return AttentionGraph(edge_index, num_nodes, add_self_loops=self.conv1.add_self_loops)
 

@@ -358,3 +358,14 @@ def test_attention_graph_refuses_mismatched_self_loops(data):
     graph = AttentionGraph(ei, N_CELLS, add_self_loops=False)
     with pytest.raises(ValueError, match="add_self_loops"):
         model.encode(x, graph)
+
+
+def test_attention_graph_falls_back_for_other_gat_layouts(data):
+    """A GATConv the sparse path does not cover (here with a residual) runs on PyG's own path."""
+    x, _, _, ei, _ = data
+    model = GNNImputeModule(N_GENES, hidden=8, latent=4).eval()
+    assert model.attention_graph(ei, N_CELLS) is not None
+    model.conv2.res = torch.nn.Linear(8, 4, bias=False)
+    assert model.attention_graph(ei, N_CELLS) is None
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(x, ei), _pyg_encode(model, x, ei))
