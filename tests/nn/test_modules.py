@@ -361,11 +361,13 @@ def test_attention_graph_refuses_mismatched_self_loops(data):
 
 
 def test_attention_graph_falls_back_for_other_gat_layouts(data):
-    """A GATConv the sparse path does not cover (here with a residual) runs on PyG's own path."""
+    """A GATConv the sparse path does not cover (here one with edge features) runs on PyG's own path."""
+    from torch_geometric.nn import GATConv
+
     x, _, _, ei, _ = data
     model = GNNImputeModule(N_GENES, hidden=8, latent=4).eval()
     assert model.attention_graph(ei, N_CELLS) is not None
-    model.conv2.res = torch.nn.Linear(8, 4, bias=False)
+    model.conv2 = GATConv(8, 4, heads=3, concat=False, edge_dim=2).eval()
     assert model.attention_graph(ei, N_CELLS) is None
     with torch.no_grad():
         torch.testing.assert_close(model.encode(x, ei), _pyg_encode(model, x, ei))
