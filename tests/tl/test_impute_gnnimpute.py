@@ -51,7 +51,8 @@ def test_contract_keys_graph_history_and_h5ad(prepared, tmp_path):
     assert u["device"] == "cpu" and u["version"] == sv.__version__ and u["runtime_s"] > 0
     p = u["params"]
     assert p["method"] == "gnnimpute" and p["random_state"] == 0 and p["layer"] == "total"
-    assert p["n_neighbors"] == 5 and p["heads"] == 3 and p["patience"] == 200 and p["lr"] == 1e-3
+    assert p["n_neighbors"] == 5 and p["heads"] == 3 and p["patience"] == 100 and p["lr"] == 2e-3
+    assert p["precision"] == "auto" and p["precision_used"] in ("32", "bf16")
     assert p["n_train"] + p["n_val"] + p["n_test"] == prepared.n_obs
     assert (p["n_train"], p["n_val"], p["n_test"]) == (420, 140, 140)
     assert u["graph"]["n_neighbors"] == 5 and u["graph"]["normalize"] == "row"
@@ -97,7 +98,9 @@ def test_short_run_recovers_masked_values_on_the_input_scale(prepared):
     ratio = rec[obs].sum() / inp[obs].sum()
     assert 0.6 < ratio < 1.2, ratio  # shrunk towards the gene means, as any MSE fit is
     per_cell = rec.sum(axis=1) / _dense(prepared.layers["total"]).sum(axis=1)
-    assert 0.8 < np.median(per_cell) < 1.3, np.median(per_cell)
+    # above 1: the reconstruction adds its predictions at the zeros (1.25 in float32, 1.33 in bf16 here); on the
+    # log1p scale the ratio would be a small fraction, on the count scale the slope below would be ~1
+    assert 0.8 < np.median(per_cell) < 1.5, np.median(per_cell)
     # on the count scale (layer × size factor) the per-cell ratio would grow with the size factor (slope 1)
     sf = size_factors(prepared.layers["masked_counts"])
     slope = np.polyfit(np.log(sf), np.log(per_cell), 1)[0]
@@ -126,9 +129,12 @@ def test_options_documented():
     doc = gnn_module.gnnimpute_options.__doc__
     for k in opts:
         assert f"``{k}``" in doc, k
-    published = {"n_neighbors": 5, "n_pcs": 50, "patience": 200, "lr": 1e-3, "weight_decay": 5e-4}
+    published = {"n_neighbors": 5, "n_pcs": 50, "weight_decay": 5e-4}
     published.update(hidden=512, latent=50, heads=3, dropout=0.5, split=(0.6, 0.2, 0.2))
     assert {k: opts[k] for k in published} == published
+    # the training is faster than the published one (patience 200, lr 1e-3, float32), which the docstring names
+    assert (opts["patience"], opts["lr"], opts["precision"]) == (100, 2e-3, "auto")
+    assert 'patience=200, lr=1e-3, precision="32"' in doc
     assert gnn_module.MAX_EPOCHS == 3000
 
 
