@@ -202,6 +202,8 @@ def run_job(job: dict) -> dict:
         record["epochs"] = int(len(hist["loss"]))
         if "best_epoch" in hist:
             record["best_epoch"] = int(hist["best_epoch"])
+        if "val_loss" in hist:  # the early-stopping curve, for analyses of the stopping rule
+            record["val_loss"] = [round(float(v), 6) for v in hist["val_loss"]]
         layer = method
     if task == "clustering":
         for protocol in ("paper", "leiden"):
