@@ -88,7 +88,7 @@ def gnnimpute_options() -> dict[str, Any]:
         Epochs without improvement of the validation loss before training stops.
     ``lr`` (2e-3), ``weight_decay`` (5e-4)
         Adam settings. The published training is ``patience=200, lr=1e-3, precision="32"``; the defaults
-        (with ``precision="auto"``) took less than half its CPU time on pbmc3k, with the same masked recovery
+        (with ``precision="auto"``) took about 40 % of its CPU time on pbmc3k, with the same masked recovery
         and paper-protocol ARI on average and a higher Leiden ARI (``benchmarks/results/scvgae_exploration.md``,
         sessions 6 and 7). Early stopping makes the epoch count vary with the seed (200–1,100 epochs there).
     ``hidden`` (512), ``latent`` (50), ``heads`` (3)
