@@ -15,7 +15,7 @@ from torch_geometric.nn import GATConv
 from torch_geometric.utils import add_self_loops as _add_self_loops
 from torch_geometric.utils import remove_self_loops, softmax
 
-from ._sparse import csr_tensor
+from ._sparse import csr_tensor, sparse_mm_supported
 from ._zinb import masked_mean
 
 __all__ = ["AttentionGraph", "GNNImputeModule"]
@@ -65,20 +65,6 @@ class AttentionGraph:
         """Number of edges (self loops included)."""
         return int(self.src.numel())
 
-    @property
-    def device(self) -> torch.device:
-        """Device of the edge tensors."""
-        return self.src.device
-
-    @staticmethod
-    def supported(device: torch.device | str) -> bool:
-        """Whether sparse products run on ``device`` (CPU and CUDA); elsewhere PyG's edge-wise path is used."""
-        return torch.device(device).type in ("cpu", "cuda")
-
-
-def _csr(ptr: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
-    return csr_tensor(ptr, cols, values, (n, n))
-
 
 class _AttentionSum(torch.autograd.Function):
     """``out[i, h] = Σ_e:dst=i alpha[e, h] · x[src_e, h]`` with sparse products, float32.
@@ -93,7 +79,7 @@ class _AttentionSum(torch.autograd.Function):
         n, heads, _ = x32.shape
         out = torch.empty_like(x32)
         for h in range(heads):
-            attention = _csr(graph.ptr, graph.src, alpha32[:, h].contiguous(), n)
+            attention = csr_tensor(graph.ptr, graph.src, alpha32[:, h].contiguous(), (n, n))
             out[:, h] = torch.sparse.mm(attention, x32[:, h].contiguous())
         ctx.graph = graph
         ctx.dtypes = (alpha.dtype, x.dtype)
@@ -111,7 +97,7 @@ class _AttentionSum(torch.autograd.Function):
             alpha_t = alpha32[graph.perm_t]
             grad_x = torch.empty_like(x32)
             for h in range(heads):
-                attention_t = _csr(graph.ptr_t, graph.dst_t, alpha_t[:, h].contiguous(), n)
+                attention_t = csr_tensor(graph.ptr_t, graph.dst_t, alpha_t[:, h].contiguous(), (n, n))
                 grad_x[:, h] = torch.sparse.mm(attention_t, g[:, h].contiguous())
             grad_x = grad_x.to(ctx.dtypes[1])
         if ctx.needs_input_grad[0]:
@@ -235,7 +221,7 @@ class GNNImputeModule(nn.Module):
         On devices without sparse products :meth:`encode` uses PyG's edge-wise path. Build the graph once and pass
         it instead of ``edge_index`` to save re-sorting the edges at every call.
         """
-        if not AttentionGraph.supported(edge_index.device):
+        if not sparse_mm_supported(edge_index.device):
             return None
         if any(_shared_lin(conv) is None for conv in (self.conv1, self.conv2)):  # another PyG's GATConv layout
             return None

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GCNConv, GraphNorm, SimpleConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
-from ._sparse import coo_to_csr
+from ._sparse import coo_to_csr, sparse_mm_supported
 from ._zinb import masked_mean, zinb_nll
 
 __all__ = ["SCVGAE", "scvgae_loss"]
@@ -191,7 +191,7 @@ class SCVGAE(nn.Module):
         if self.cached and cached is not None:
             return cached
         ei, ew = self.normalize_graph(edge_index, edge_weight, num_nodes)
-        if ei.device.type not in ("cpu", "cuda"):
+        if not sparse_mm_supported(ei.device):
             return ei, ew
         adj = coo_to_csr(ei.flip(0), ew.float(), (num_nodes, num_nodes))
         if self.cached:

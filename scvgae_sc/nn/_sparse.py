@@ -9,6 +9,11 @@ import torch
 _BETA = "Sparse CSR tensor support is in beta state"
 
 
+def sparse_mm_supported(device: torch.device | str) -> bool:
+    """Whether the models' sparse products run on ``device`` (CPU and CUDA); elsewhere they use PyG's edge path."""
+    return torch.device(device).type in ("cpu", "cuda")
+
+
 def csr_tensor(ptr: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """``torch.sparse_csr_tensor`` without invariant checks (callers build valid structures) or beta warning."""
     with warnings.catch_warnings():

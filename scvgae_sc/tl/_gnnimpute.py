@@ -90,7 +90,7 @@ def gnnimpute_options() -> dict[str, Any]:
         Adam settings. The published training is ``patience=200, lr=1e-3, precision="32"``; the defaults
         (with ``precision="auto"``) took about 40 % of its CPU time on pbmc3k, with the same masked recovery
         and paper-protocol ARI on average and a higher Leiden ARI (``benchmarks/results/scvgae_exploration.md``,
-        sessions 6 and 7). Early stopping makes the epoch count vary with the seed (200–1,100 epochs there).
+        sessions 6 and 7). Early stopping makes the epoch count vary with the seed (210–1,140 epochs there).
     ``hidden`` (512), ``latent`` (50), ``heads`` (3)
         Width of the first GAT layer and of the decoder's hidden layer; width of the latent space
         (``obsm["X_gnnimpute"]``); attention heads per GAT layer (averaged).
