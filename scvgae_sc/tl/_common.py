@@ -177,9 +177,20 @@ def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0
     return float(value)
 
 
-def neighbourhood_operator(A: sparse.spmatrix) -> sparse.csr_matrix:
-    """Row-stochastic averaging over each cell and its graph neighbours: ``D^-1 (A + I)`` (edges weighted)."""
-    P = sparse.csr_matrix(A, dtype=np.float32) + sparse.eye(A.shape[0], dtype=np.float32, format="csr")
+def neighbourhood_operator(A: sparse.spmatrix, symmetric: bool = False) -> sparse.csr_matrix:
+    """Row-stochastic averaging over each cell and its graph neighbours.
+
+    ``D^-1 (A + I)`` with the edges weighted; ``symmetric=True``: ``D^-1 B`` with ``B`` the unweighted union of
+    ``A``'s edges in both directions and the cell itself (each cell, the cells it lists and the cells that list it,
+    counted once).
+    """
+    if symmetric:
+        B = sparse.csr_matrix(A, dtype=np.float32)
+        B = (B + B.T + sparse.eye(A.shape[0], dtype=np.float32, format="csr")).tocsr()
+        B.data[:] = 1.0
+        P = B
+    else:
+        P = sparse.csr_matrix(A, dtype=np.float32) + sparse.eye(A.shape[0], dtype=np.float32, format="csr")
     return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P)
 
 
@@ -187,7 +198,8 @@ class Neighbourhood:
     """Detection rates and mean non-zero values over each cell's graph neighbourhood within ``hops`` steps.
 
     The neighbourhood of a cell is where a ``hops``-step random walk on ``A`` (self loops added, edges weighted)
-    from it can end; each statistic is a weighted mean over it: ``P^hops M`` with ``P = D^-1 (A + I)``. Computed
+    from it can end; each statistic is a weighted mean over it: ``P^hops M`` with ``P = D^-1 (A + I)``, or with
+    ``symmetric=True`` the walk on the unweighted, symmetrized graph (see :func:`neighbourhood_operator`). Computed
     as ``hops`` sparse products, never forming ``P^hops``.
 
     Parameters
@@ -198,12 +210,15 @@ class Neighbourhood:
         Torch device of the matrices it is applied to.
     hops
         Number of graph steps (1: the cell and its neighbours).
+    symmetric
+        Walk on the unweighted union of ``A``'s edges in both directions (for directed k-NN graphs whose row
+        weights say nothing about similarity, as GNNImpute's).
     """
 
-    def __init__(self, A: sparse.spmatrix, dev, hops: int = 1) -> None:
+    def __init__(self, A: sparse.spmatrix, dev, hops: int = 1, symmetric: bool = False) -> None:
         import torch
 
-        P = neighbourhood_operator(A).tocoo()
+        P = neighbourhood_operator(A, symmetric=symmetric).tocoo()
         self.hops = int(hops)
         self.P = torch.sparse_coo_tensor(
             np.vstack([P.row, P.col]), P.data.astype(np.float32), size=P.shape, device=dev, check_invariants=False

@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "output": "fill",
     "fill_gate": 0.0,
     "fill_scale": "auto",
-    "fill_hops": 2,
-    "graph_fill": False,
+    "fill_hops": 3,
+    "graph_fill": "auto",
     "batch_mode": "within",
     "precision": "auto",
     "batching": "auto",
@@ -199,8 +199,8 @@ def _validate(opts: dict[str, Any]) -> None:
     check_fraction("mask_rate", opts["mask_rate"], high=1.0, closed=False)
     check_fraction("fill_gate", opts["fill_gate"])
     check_positive_int("fill_hops", opts["fill_hops"])
-    if not isinstance(opts["graph_fill"], bool | np.bool_):
-        raise TypeError(f"graph_fill must be True or False, got {opts['graph_fill']!r}.")
+    if not isinstance(opts["graph_fill"], bool | np.bool_) and opts["graph_fill"] != "auto":
+        raise TypeError(f"graph_fill must be True, False or 'auto', got {opts['graph_fill']!r}.")
     _check_number("lr", opts["lr"], positive=True)
     _check_number("weight_decay", opts["weight_decay"])
     _check_number("mask_weight", opts["mask_weight"])
@@ -272,6 +272,7 @@ def predict_gnnimpute(
     fill_scale: float = 1.0,
     fill_hops: int = 1,
     graph_weight: float = 0.0,
+    fill_symmetric: bool = False,
     graph: sparse.spmatrix | None = None,
     batching: str = "full",
     chunk: int = 512,
@@ -281,7 +282,8 @@ def predict_gnnimpute(
     ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and ``latent``
     float32 NumPy arrays; ``target`` is the input layer as a dense tensor. ``fill_gate`` and ``graph_weight``
     need the cell ``graph`` (see :func:`gnnimpute_options`); ``fill_scale`` and ``graph_weight`` are the fitted
-    weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean (the defaults are those of
+    weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean, ``fill_symmetric`` whether that
+    neighbourhood is a walk on the symmetrized, unweighted graph (:class:`Neighbourhood`; the defaults are those of
     models saved before these options existed). The one prediction path of
     :func:`run_gnnimpute` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
     runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory).
@@ -306,7 +308,7 @@ def predict_gnnimpute(
         observed = target > 0
         fill = pred * fill_scale if fill_scale != 1.0 else pred
         if fill_gate > 0 or graph_weight:
-            rate, graph_mean = Neighbourhood(graph, target.device, fill_hops)(
+            rate, graph_mean = Neighbourhood(graph, target.device, fill_hops, symmetric=fill_symmetric)(
                 target if graph_weight else None, observed
             )
             if graph_weight:
@@ -513,7 +515,8 @@ def run_gnnimpute(
     history = trainer.fit(train_step, val_step)
     gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
     fill_hops = int(opts["fill_hops"])
-    graph_fill = bool(opts["graph_fill"]) and opts["output"] == "fill" and opts["fill_scale"] != "none" and use_mask
+    graph_fill = opts["graph_fill"] if opts["graph_fill"] != "auto" else normalization == "total"
+    graph_fill = bool(graph_fill) and opts["output"] == "fill" and opts["fill_scale"] != "none" and use_mask
     scale, graph_weight = 1.0, 0.0
     if opts["output"] == "fill" and use_mask and (opts["fill_scale"] == "fit" or graph_fill):
         # A fresh mask of the observed non-zeros: the weights from fill values (and the graph's neighbourhood
@@ -526,7 +529,7 @@ def run_gnnimpute(
         rate = graph_mean = None
         if gate > 0 or graph_fill:
             values = target.masked_fill(~visible, 0.0) if graph_fill else None
-            rate, graph_mean = Neighbourhood(A, dev, fill_hops)(values, visible)
+            rate, graph_mean = Neighbourhood(A, dev, fill_hops, symmetric=True)(values, visible)
             del values
         fill = trainer.predict(lambda m: forward(m, corrupt(hidden)))["recon"].float().clamp_min(0)
         pred = gated(fill, rate, gate).reshape(-1)[flat]
@@ -534,7 +537,7 @@ def run_gnnimpute(
         scale, graph_weight = fit_fill_weights(pred, graph_col, target.reshape(-1)[flat])
         del fill, visible, rate, graph_mean
     predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale), "batching": batching}
-    predict_kwargs.update(fill_hops=fill_hops, graph_weight=float(graph_weight))
+    predict_kwargs.update(fill_hops=fill_hops, graph_weight=float(graph_weight), fill_symmetric=True)
     predict_kwargs["chunk"] = min(int(opts["batch_size"]), n_cells)
     pred, imputed, latent = predict_gnnimpute(model, x, edge_index, target, graph=A, **predict_kwargs)
     if test_cells.any():
@@ -551,6 +554,7 @@ def run_gnnimpute(
     params["precision_used"] = trainer.precision
     params["fill_scale_used"] = float(scale)
     params["graph_weight_used"] = float(graph_weight)
+    params["graph_fill_used"] = graph_fill
     params["n_test"] = int(test_cells.sum())
     return ImputeResult(
         imputed=np.ascontiguousarray(imputed, dtype=np.float32),

@@ -264,7 +264,7 @@ def test_interrupt_leaves_adata_untouched(snapshot, prepared, monkeypatch):
 
 def test_fill_gate_and_scale(prepared):
     """The gate only lowers fill values; a fitted scale is recorded and applied to the fill values only."""
-    kw = {"layer": "total", "max_epochs": 3, "copy": True, "random_state": 1, **SMALL}
+    kw = {"layer": "total", "max_epochs": 3, "copy": True, "random_state": 1, "graph_fill": False, **SMALL}
     plain = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.0, **kw)
     gated = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, **kw)
     fitted = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, fill_scale="fit", **kw)
@@ -278,17 +278,34 @@ def test_fill_gate_and_scale(prepared):
     scale = fitted.uns["gnnimpute"]["params"]["fill_scale_used"]
     assert scale > 0 and scale != 1.0
     np.testing.assert_allclose(fitted.layers["gnnimpute"][~observed], g * scale, rtol=1e-5, atol=1e-5)
-    assert fitted.uns["gnnimpute"]["params"]["graph_weight_used"] == 0.0  # graph_fill is off by default
-    # graph_fill: w_model · prediction + w_graph · mean detected value over 2 graph steps, gated over the same
-    joint = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, graph_fill=True, **kw)
-    w_model, w_graph = (joint.uns["gnnimpute"]["params"][k] for k in ("fill_scale_used", "graph_weight_used"))
-    assert w_model >= 0 and w_graph > 0
-    W = joint.obsp["gnnimpute_connectivities"].toarray() + np.eye(prepared.n_obs)
-    P = np.linalg.matrix_power(W / W.sum(1, keepdims=True), 2)
+    assert fitted.uns["gnnimpute"]["params"]["graph_weight_used"] == 0.0
+    # graph_fill="auto" (the default) on a "total" layer: w_model · prediction + w_graph · mean detected value
+    # over 3 steps of a walk on the symmetrized, unweighted kNN graph, gated over the same neighbourhood
+    kw.pop("graph_fill")
+    joint = sv.tl.impute(prepared, method="gnnimpute", fill_gate=0.6, **kw)
+    params = joint.uns["gnnimpute"]["params"]
+    w_model, w_graph = params["fill_scale_used"], params["graph_weight_used"]
+    assert params["graph_fill_used"] and w_model >= 0 and w_graph > 0
+    A = joint.obsp["gnnimpute_connectivities"].toarray()
+    W = ((A + A.T + np.eye(prepared.n_obs)) > 0).astype(float)
+    P = np.linalg.matrix_power(W / W.sum(1, keepdims=True), 3)
     rate = P @ observed
     mean = np.where(rate > 0, (P @ inp) / np.maximum(rate, 1e-300), 0.0)
     expected = (w_model * p + w_graph * mean[~observed]) * np.minimum(rate[~observed] / 0.6, 1.0)
     np.testing.assert_allclose(joint.layers["gnnimpute"][~observed], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_graph_fill_auto_only_on_linear_layers(prepared):
+    """``graph_fill="auto"`` adds the graph's estimate on ``"total"`` layers only; it needs the masking to fit."""
+    kw = {"max_epochs": 2, "copy": True, "random_state": 0, **SMALL}
+    sqrt = sv.pp.normalize(prepared, method="sqrt", key_added="sq", copy=True)
+    out = sv.tl.impute(sqrt, method="gnnimpute", layer="sq", **kw)  # warns: not linear counts
+    assert out.uns["gnnimpute"]["params"]["graph_fill_used"] is False
+    assert out.uns["gnnimpute"]["params"]["graph_weight_used"] == 0.0
+    out = sv.tl.impute(prepared, method="gnnimpute", layer="total", mask_rate=0.0, **kw)
+    assert out.uns["gnnimpute"]["params"]["graph_fill_used"] is False
+    with pytest.raises(TypeError, match="graph_fill"):
+        sv.tl.impute(prepared, method="gnnimpute", layer="total", graph_fill="yes", **kw)
 
 
 @pytest.mark.parametrize("bad", [{"fill_gate": 2.0}, {"fill_scale": "yes"}, {"fill_hops": 0}])
