@@ -92,6 +92,8 @@ GNN_ABLATIONS = {
     "bf16, patience 100, lr 2e-3": {"precision": "bf16", "patience": 100, "lr": 2e-3},
     "fill gated (fill_gate=0.4, scVGAE's default)": {"fill_gate": 0.4},
     "no self-supervised masking (published)": {"mask_rate": 0.0},
+    "no graph term in the fill (session 7)": {"graph_fill": False, "fill_hops": 2},
+    "patience 50": {"patience": 50},
 }
 
 
