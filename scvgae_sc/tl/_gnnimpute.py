@@ -112,19 +112,25 @@ def gnnimpute_options() -> dict[str, Any]:
         As for scVGAE (:func:`scvgae_options`): with ``fill_gate > 0`` a zero is filled with the full prediction
         where the gene is detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the
         prediction times (detection rate / ``fill_gate``) elsewhere. The default ``0`` fills every zero with
-        the full prediction: on GNNImpute's 5-cell neighbourhoods the detection rate is coarse, and a gate of
-        0.4 cut masked recovery on pbmc3k from Pearson 0.88 / MSE 9.5 to 0.72 / 27.3 (seed 0).
+        the full prediction: a gate of 0.4 cut masked recovery on pbmc3k from Pearson 0.88 / MSE 9.5 to
+        0.72 / 27.3 (seed 0, measured over the cell's direct neighbours before ``fill_hops`` existed) and did not
+        help the clustering scores.
         ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
         observed values (needs ``mask_rate > 0``); ``"auto"`` fits only together with ``graph_fill`` (GNNImpute
         is trained on the layer's own scale), ``"none"`` never.
-    ``fill_hops`` (2), ``graph_fill`` (False)
-        As for scVGAE: the neighbourhood of ``fill_gate`` and of the graph's estimate (cells a random walk of
-        ``fill_hops`` steps reaches; 2 is as far as the two attention layers see), and whether a zero's fill is
-        ``w_model · prediction + w_graph · mean detected value in that neighbourhood``, both weights fitted by
-        non-negative least squares on a fresh mask of observed values (needs ``mask_rate > 0``; the fitted
-        weights are ``fill_scale_used`` and ``graph_weight_used`` in ``uns[key]["params"]``). Off by default:
-        on GNNImpute's 5-cell neighbourhoods the graph's estimate is weak, and on pbmc3k (seed 0) the fit gave
-        it weight 0.14 and moved masked recovery from Pearson 0.883 / MSE 9.34 to 0.883 / 9.15.
+    ``fill_hops`` (3), ``graph_fill`` (``"auto"``)
+        As for scVGAE: whether a zero's fill is ``w_model · prediction + w_graph · mean detected value in the
+        cell's neighbourhood``, both weights fitted by non-negative least squares on a fresh mask of observed
+        values (needs ``mask_rate > 0``; the fitted weights are ``fill_scale_used`` and ``graph_weight_used`` in
+        ``uns[key]["params"]``, the choice ``graph_fill_used``), and the neighbourhood of that mean and of
+        ``fill_gate``: the cells a random walk of ``fill_hops`` steps reaches on the k-NN graph made symmetric and
+        unweighted (a cell, the cells it lists and the cells that list it). ``"auto"`` turns the graph term on for
+        linear layers (``pp.normalize(method="total")``, masked or not), the layers whose hidden values the
+        masked-recovery benchmark scores, and off elsewhere (e.g. the sqrt layer that the clustering protocol
+        imputes). On pbmc3k's masked task the same trainings recovered hidden values with Pearson / MSE
+        0.873 / 10.25 and 0.887 / 8.99 without it, 0.881 / 9.34 and 0.893 / 8.33 with it (seeds 0, 1; mean of three
+        seeds 0.888 / 8.75; ``benchmarks/results/scvgae_exploration.md``, session 8). A walk on the directed,
+        self-weighted graph the model trains on gave a weak neighbourhood mean.
     ``batch_mode`` (``"within"``)
         With ``tl.impute(batch_key=...)``, how the graph built here treats batches: neighbours only
         ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see :func:`scvgae_sc.pp.cell_graph`).
