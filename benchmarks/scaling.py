@@ -61,6 +61,7 @@ def run_job(job: dict) -> dict:
 
     _trainer.Trainer._train_epoch = timed
     kwargs = {"batching": job["batching"]} if job.get("batching") else {}
+    kwargs.update(job.get("options") or {})
     t0, c0 = time.perf_counter(), _cpu()
     sv.tl.impute(
         adata,
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--batching", default="auto", help="the methods' batching option (auto, full, subgraph)")
     p.add_argument("--name", default="scaling")
+    p.add_argument("--options", default="{}", help="JSON of further tl.impute options, e.g. '{\"graph_fill\": false}'")
     p.add_argument(
         "--add",
         nargs="+",
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.cells:
             job = {"method": method, "n_cells": n, "n_genes": args.genes, "epochs": args.epochs, "device": args.device}
             job["batching"] = args.batching
+            if json.loads(args.options):
+                job["options"] = json.loads(args.options)
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=False
             )
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
-        head = f"| {r['method']} | {r.get('batching_used', r.get('batching', ''))} | {r['n_cells']} | {r['n_genes']} |"
+        name = r["method"] + (f" `{json.dumps(r['options'])}`" if r.get("options") else "")
+        head = f"| {name} | {r.get('batching_used', r.get('batching', ''))} | {r['n_cells']} | {r['n_genes']} |"
         if "error" in r:
             md.append(f"{head} error: {r['error']} | | | | | | |")
         else:

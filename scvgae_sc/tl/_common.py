@@ -245,6 +245,42 @@ class Neighbourhood:
         return rate, mean.div_(rate.clamp_min(1e-12))
 
 
+def column_blocks(n_rows: int, n_cols: int, elements: int = 1 << 22) -> list[slice]:
+    """Slices of columns covering ``n_cols`` with about ``elements`` entries of an ``n_rows``-row matrix each.
+
+    At least 16 columns per block (fewer only in the last one).
+    """
+    step = max(16, elements // max(n_rows, 1))
+    return [slice(start, min(start + step, n_cols)) for start in range(0, n_cols, step)]
+
+
+def neighbourhood_at(
+    hood: Neighbourhood, values, visible, flat, *, with_mean: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:class:`Neighbourhood` statistics at the flat positions ``flat`` of ``(n_cells, n_genes)`` matrices.
+
+    ``(rate, mean)`` at those entries, computed on blocks of genes (:func:`column_blocks`) so that no dense
+    statistic of the whole matrix is ever held. ``values`` and ``visible`` are the dense values and the boolean
+    detections; ``with_mean=False`` skips the mean (returned as ``None``).
+    """
+    import torch
+
+    n_cells, n_genes = visible.shape
+    row, col = flat // n_genes, flat % n_genes
+    rate_at = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
+    mean_at = torch.zeros_like(rate_at) if with_mean else None
+    for cols in column_blocks(n_cells, n_genes):
+        sel = torch.nonzero((col >= cols.start) & (col < cols.stop)).squeeze(1)
+        if not sel.numel():
+            continue
+        rate, mean = hood(values[:, cols] if with_mean else None, visible[:, cols])
+        r, c = row[sel], col[sel] - cols.start
+        rate_at[sel] = rate[r, c]
+        if with_mean:
+            mean_at[sel] = mean[r, c]
+    return rate_at, mean_at
+
+
 def gate_factor(rate, gate: float):
     """``min(1, rate / gate)``: how much of its fill a zero keeps (see the methods' ``fill_gate``).
 

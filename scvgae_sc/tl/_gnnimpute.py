@@ -14,10 +14,12 @@ from ._common import (
     Neighbourhood,
     check_fraction,
     check_positive_int,
+    column_blocks,
     edge_tensors,
     fit_fill_weights,
     gated,
     history_arrays,
+    neighbourhood_at,
     progress_enabled,
     resolve_graph,
     size_factors,
@@ -146,7 +148,7 @@ def gnnimpute_options() -> dict[str, Any]:
         GAT layer is computed exactly from its cells and their neighbours, its second layer reads the
         neighbours' first-layer output from a history buffer (refreshed whenever a cell is in a batch, so at
         most one epoch old; historical embeddings as GNNAutoScale), and the loss covers the batch's
-        training cells. Memory: about 10 dense copies of the data instead of 28; validation and prediction
+        training cells. Memory: about 12 dense copies of the data instead of 28; validation and prediction
         run exactly, in chunks of ``batch_size`` cells (whole-graph passes would hold attention messages for
         every edge). ``"auto"`` picks ``"subgraph"`` when full-batch training
         would not fit the memory budget (``max_memory`` of :func:`~scvgae_sc.tl.impute`). Under ``torchrun``,
@@ -311,18 +313,21 @@ def predict_gnnimpute(
         module.train(was_training)
     pred = out["recon"].float().clamp_min(0)
     if output == "fill":
-        observed = target > 0
-        fill = pred * fill_scale if fill_scale != 1.0 else pred
+        # gene block by gene block: the neighbourhood statistics never exist for the whole matrix at once
+        imputed = pred * fill_scale
+        hood = None
         if fill_gate > 0 or graph_weight:
-            rate, graph_mean = Neighbourhood(graph, target.device, fill_hops, symmetric=fill_symmetric)(
-                target if graph_weight else None, observed
-            )
-            if graph_weight:
-                fill = fill + graph_weight * graph_mean
-            fill = gated(fill, rate, fill_gate)
-            del rate, graph_mean
-        imputed = torch.where(observed, target, fill)
-        del fill
+            hood = Neighbourhood(graph, target.device, fill_hops, symmetric=fill_symmetric)
+        for cols in column_blocks(*target.shape):
+            t = target[:, cols]
+            observed = t > 0
+            fill = imputed[:, cols]
+            if hood is not None:
+                rate, graph_mean = hood(t if graph_weight else None, observed)
+                if graph_weight:
+                    fill = fill + graph_weight * graph_mean
+                fill = gated(fill, rate, fill_gate)
+            imputed[:, cols] = torch.where(observed, t, fill)
     else:
         imputed = pred
     imputed = imputed.cpu().numpy()
@@ -530,18 +535,17 @@ def run_gnnimpute(
         # trained on the layer's own scale.
         hidden = draw_mask()
         flat = observed[hidden]
-        visible = target > 0
-        visible.view(-1)[flat] = False
-        rate = graph_mean = None
+        pred = trainer.predict(lambda m: forward(m, corrupt(hidden)))["recon"].float().reshape(-1)[flat].clamp_min(0)
+        graph_col = None
         if gate > 0 or graph_fill:
-            values = target.masked_fill(~visible, 0.0) if graph_fill else None
-            rate, graph_mean = Neighbourhood(A, dev, fill_hops, symmetric=True)(values, visible)
-            del values
-        fill = trainer.predict(lambda m: forward(m, corrupt(hidden)))["recon"].float().clamp_min(0)
-        pred = gated(fill, rate, gate).reshape(-1)[flat]
-        graph_col = gated(graph_mean, rate, gate).reshape(-1)[flat] if graph_fill else None
+            visible = target > 0
+            visible.view(-1)[flat] = False
+            hood = Neighbourhood(A, dev, fill_hops, symmetric=True)
+            rate, graph_mean = neighbourhood_at(hood, target, visible, flat, with_mean=graph_fill)
+            pred = gated(pred, rate, gate)
+            graph_col = gated(graph_mean, rate, gate) if graph_fill else None
+            del visible, hood
         scale, graph_weight = fit_fill_weights(pred, graph_col, target.reshape(-1)[flat])
-        del fill, visible, rate, graph_mean
     predict_kwargs = {"output": opts["output"], "fill_gate": gate, "fill_scale": float(scale), "batching": batching}
     predict_kwargs.update(fill_hops=fill_hops, graph_weight=float(graph_weight), fill_symmetric=True)
     predict_kwargs["chunk"] = min(int(opts["batch_size"]), n_cells)

@@ -32,8 +32,10 @@ DENSE_COPIES_HOST = 4
 #: run in chunks of cells. Activations are per batch. Measured above the data on simulated cells × 2,000 genes
 #: (``benchmarks/results/scaling.md``): scVGAE 4.1 copies at 100,000 cells, GNNImpute 7.0 (8.7 at 30,000). The fill's
 #: statistics over 2 graph steps (``fill_hops=2``, ``graph_fill``) added 1.5 copies to scVGAE at 30,000 cells
-#: (peak 2,405 → 2,771 MB, ``results/scaling_fill_check.md``).
-DENSE_COPIES_SUBGRAPH = {"scvgae": 6, "gnnimpute": 10}
+#: (peak 2,405 → 2,771 MB, ``results/scaling_fill_check.md``). GNNImpute at 30,000 cells, session 8: 10.7 copies
+#: above the data without the graph term in its fill, 12.0 with it (``results/scaling_gnn_nofill.md``,
+#: ``results/scaling_gnn_fill_blocks.md``; its neighbourhood statistics are computed over blocks of genes).
+DENSE_COPIES_SUBGRAPH = {"scvgae": 6, "gnnimpute": 12}
 
 
 def impute_memory(
@@ -213,7 +215,7 @@ def impute(
         default the memory available now (``MemAvailable`` of ``/proc/meminfo``, else the physical memory).
         Pass a number to override the estimate. It also decides the methods' ``batching="auto"`` (see
         :func:`scvgae_sc.tl.scvgae_options`, :func:`scvgae_sc.tl.gnnimpute_options`): when full-batch training
-        would not fit, training runs on cell subgraphs (about 6 dense copies for scVGAE, 10 for GNNImpute), and
+        would not fit, training runs on cell subgraphs (about 6 dense copies for scVGAE, 12 for GNNImpute), and
         the choice is logged.
     filename
         Write the imputed matrix to this NumPy ``.npy`` file instead of memory: ``adata.layers[key]`` is then an

@@ -314,3 +314,51 @@ def test_fill_options_validated(snapshot, prepared, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=1, **SMALL, **bad)
     snap.assert_unchanged(prepared)
+
+
+def test_neighbourhood_statistics_by_gene_blocks():
+    """``neighbourhood_at`` (gene blocks) gives the whole-matrix statistics at the requested entries."""
+    import torch
+
+    from scvgae_sc.tl._common import Neighbourhood, column_blocks, neighbourhood_at
+
+    rng = np.random.default_rng(0)
+    n, g = 40, 37
+    A = sparse.random(n, n, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    values = torch.from_numpy((rng.random((n, g)) * (rng.random((n, g)) < 0.4)).astype(np.float32))
+    visible = values > 0
+    flat = torch.from_numpy(rng.choice(n * g, 200, replace=False))
+    hood = Neighbourhood(A, torch.device("cpu"), 3, symmetric=True)
+    rate, mean = hood(values, visible)
+    blocks = column_blocks(n, g, elements=n * 5)
+    assert len(blocks) == 3 and blocks[0] == slice(0, 16) and blocks[-1] == slice(32, 37)  # at least 16 columns
+    import scvgae_sc.tl._common as common
+
+    original = common.column_blocks
+    try:
+        common.column_blocks = lambda r, c: original(r, c, elements=r * 16)
+        rate_at, mean_at = neighbourhood_at(hood, values, visible, flat)
+        no_mean = neighbourhood_at(hood, values, visible, flat, with_mean=False)
+    finally:
+        common.column_blocks = original
+    np.testing.assert_allclose(rate_at, rate.reshape(-1)[flat], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mean_at, mean.reshape(-1)[flat], rtol=1e-6, atol=1e-7)
+    assert no_mean[1] is None
+    np.testing.assert_array_equal(no_mean[0], rate_at)
+
+
+def test_fill_by_gene_blocks_matches(prepared, monkeypatch):
+    """The fill computed over small blocks of genes is the one computed over the whole matrix."""
+    import scvgae_sc.tl._common as common
+
+    kw = {"layer": "total", "max_epochs": 2, "copy": True, "random_state": 0, "fill_gate": 0.3, **SMALL}
+    whole = sv.tl.impute(prepared, method="gnnimpute", **kw)
+    original = common.column_blocks
+    small = lambda r, c, elements=None: original(r, c, elements=r * 100)  # noqa: E731
+    monkeypatch.setattr(common, "column_blocks", small)
+    monkeypatch.setattr(gnn_module, "column_blocks", small)
+    blocks = sv.tl.impute(prepared, method="gnnimpute", **kw)
+    assert len(small(*prepared.shape)) > 5
+    for k in ("fill_scale_used", "graph_weight_used"):
+        assert blocks.uns["gnnimpute"]["params"][k] == pytest.approx(whole.uns["gnnimpute"]["params"][k], rel=1e-5)
+    np.testing.assert_allclose(blocks.layers["gnnimpute"], whole.layers["gnnimpute"], rtol=1e-5, atol=1e-5)
