@@ -187,6 +187,7 @@ def neighbourhood_operator(A: sparse.spmatrix, symmetric: bool = False) -> spars
     if symmetric:
         B = sparse.csr_matrix(A, dtype=np.float32)
         B = (B + B.T + sparse.eye(A.shape[0], dtype=np.float32, format="csr")).tocsr()
+        B.eliminate_zeros()  # stored zeros of A are not edges
         B.data[:] = 1.0
         P = B
     else:

@@ -316,7 +316,7 @@ def test_fill_options_validated(snapshot, prepared, bad):
     snap.assert_unchanged(prepared)
 
 
-def test_neighbourhood_statistics_by_gene_blocks():
+def test_neighbourhood_statistics_by_gene_blocks(monkeypatch):
     """``neighbourhood_at`` (gene blocks) gives the whole-matrix statistics at the requested entries."""
     import torch
 
@@ -334,13 +334,9 @@ def test_neighbourhood_statistics_by_gene_blocks():
     assert len(blocks) == 3 and blocks[0] == slice(0, 16) and blocks[-1] == slice(32, 37)  # at least 16 columns
     import scvgae_sc.tl._common as common
 
-    original = common.column_blocks
-    try:
-        common.column_blocks = lambda r, c: original(r, c, elements=r * 16)
-        rate_at, mean_at = neighbourhood_at(hood, values, visible, flat)
-        no_mean = neighbourhood_at(hood, values, visible, flat, with_mean=False)
-    finally:
-        common.column_blocks = original
+    monkeypatch.setattr(common, "column_blocks", lambda r, c: column_blocks(r, c, elements=r * 16))
+    rate_at, mean_at = neighbourhood_at(hood, values, visible, flat)
+    no_mean = neighbourhood_at(hood, values, visible, flat, with_mean=False)
     np.testing.assert_allclose(rate_at, rate.reshape(-1)[flat], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mean_at, mean.reshape(-1)[flat], rtol=1e-6, atol=1e-7)
     assert no_mean[1] is None
