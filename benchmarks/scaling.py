@@ -131,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         text = Path(path).read_text().strip()
         loaded = json.loads(text.splitlines()[-1]) if not text.startswith("{\n") else json.loads(text)
         records.extend(loaded["records"] if "records" in loaded else [loaded])
+    options = json.loads(args.options)
     for method in args.methods:
         for n in args.cells:
             job = {"method": method, "n_cells": n, "n_genes": args.genes, "epochs": args.epochs, "device": args.device}
             job["batching"] = args.batching
-            if json.loads(args.options):
-                job["options"] = json.loads(args.options)
+            if options:
+                job["options"] = options
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=False
             )

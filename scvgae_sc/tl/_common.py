@@ -185,11 +185,10 @@ def neighbourhood_operator(A: sparse.spmatrix, symmetric: bool = False) -> spars
     counted once).
     """
     if symmetric:
-        B = sparse.csr_matrix(A, dtype=np.float32)
-        B = (B + B.T + sparse.eye(A.shape[0], dtype=np.float32, format="csr")).tocsr()
-        B.eliminate_zeros()  # stored zeros of A are not edges
-        B.data[:] = 1.0
-        P = B
+        P = sparse.csr_matrix(A, dtype=np.float32)
+        P = (P + P.T + sparse.eye(A.shape[0], dtype=np.float32, format="csr")).tocsr()
+        P.eliminate_zeros()  # stored zeros of A are not edges
+        P.data[:] = 1.0
     else:
         P = sparse.csr_matrix(A, dtype=np.float32) + sparse.eye(A.shape[0], dtype=np.float32, format="csr")
     return sparse.csr_matrix(sparse.diags(1.0 / np.asarray(P.sum(axis=1)).ravel().astype(np.float32)) @ P)
@@ -268,12 +267,16 @@ def neighbourhood_at(
 
     n_cells, n_genes = visible.shape
     row, col = flat // n_genes, flat % n_genes
+    by_col = torch.argsort(col)  # the entries of each block of genes are then one contiguous run
+    col_sorted = col[by_col]
     rate_at = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)
     mean_at = torch.zeros_like(rate_at) if with_mean else None
     for cols in column_blocks(n_cells, n_genes):
-        sel = torch.nonzero((col >= cols.start) & (col < cols.stop)).squeeze(1)
-        if not sel.numel():
+        bounds = torch.tensor([cols.start, cols.stop], dtype=col.dtype, device=col.device)
+        lo, hi = torch.searchsorted(col_sorted, bounds).tolist()
+        if lo == hi:
             continue
+        sel = by_col[lo:hi]
         rate, mean = hood(values[:, cols] if with_mean else None, visible[:, cols])
         r, c = row[sel], col[sel] - cols.start
         rate_at[sel] = rate[r, c]
