@@ -94,6 +94,7 @@ GNN_ABLATIONS = {
     "no self-supervised masking (published)": {"mask_rate": 0.0},
     "no graph term in the fill (session 7)": {"graph_fill": False, "fill_hops": 2},
     "patience 50": {"patience": 50},
+    "patience 25": {"patience": 25},
 }
 
 
