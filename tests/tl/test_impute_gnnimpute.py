@@ -51,7 +51,7 @@ def test_contract_keys_graph_history_and_h5ad(prepared, tmp_path):
     assert u["device"] == "cpu" and u["version"] == sv.__version__ and u["runtime_s"] > 0
     p = u["params"]
     assert p["method"] == "gnnimpute" and p["random_state"] == 0 and p["layer"] == "total"
-    assert p["n_neighbors"] == 5 and p["heads"] == 3 and p["patience"] == 100 and p["lr"] == 2e-3
+    assert p["n_neighbors"] == 5 and p["heads"] == 3 and p["patience"] == "auto" and p["lr"] == 2e-3
     assert p["precision"] == "auto" and p["precision_used"] in ("32", "bf16")
     assert p["n_train"] + p["n_val"] + p["n_test"] == prepared.n_obs
     assert (p["n_train"], p["n_val"], p["n_test"]) == (420, 140, 140)
@@ -133,7 +133,8 @@ def test_options_documented():
     published.update(hidden=512, latent=50, heads=3, dropout=0.5, split=(0.6, 0.2, 0.2))
     assert {k: opts[k] for k in published} == published
     # the training is faster than the published one (patience 200, lr 1e-3, float32), which the docstring names
-    assert (opts["patience"], opts["lr"], opts["precision"]) == (100, 2e-3, "auto")
+    assert (opts["patience"], opts["lr"], opts["precision"]) == ("auto", 2e-3, "auto")
+    assert (gnn_module.PATIENCE, gnn_module.PATIENCE_GRAPH_FILL) == (100, 50)
     assert 'patience=200, lr=1e-3, precision="32"' in doc
     assert gnn_module.MAX_EPOCHS == 3000
 
@@ -206,6 +207,7 @@ def test_split_cells():
         (None, {"dropout": -0.1}, ValueError, "dropout"),
         (None, {"lr": 0}, ValueError, "lr"),
         (None, {"patience": 0}, ValueError, "patience"),
+        (None, {"patience": "long"}, ValueError, "patience"),
         (None, {"output": "dense"}, ValueError, "output"),
         (None, {"precision": "16"}, ValueError, "precision"),
         (None, {"alpha": 0.5}, TypeError, "Unknown option"),
@@ -302,10 +304,26 @@ def test_graph_fill_auto_only_on_linear_layers(prepared):
     out = sv.tl.impute(sqrt, method="gnnimpute", layer="sq", **kw)  # warns: not linear counts
     assert out.uns["gnnimpute"]["params"]["graph_fill_used"] is False
     assert out.uns["gnnimpute"]["params"]["graph_weight_used"] == 0.0
+    assert out.uns["gnnimpute"]["params"]["patience_used"] == gnn_module.PATIENCE
     out = sv.tl.impute(prepared, method="gnnimpute", layer="total", mask_rate=0.0, **kw)
     assert out.uns["gnnimpute"]["params"]["graph_fill_used"] is False
+    assert out.uns["gnnimpute"]["params"]["patience_used"] == gnn_module.PATIENCE
     with pytest.raises(TypeError, match="graph_fill"):
         sv.tl.impute(prepared, method="gnnimpute", layer="total", graph_fill="yes", **kw)
+
+
+def test_patience_auto_follows_the_graph_term(prepared, monkeypatch):
+    """``patience="auto"``: the shorter patience where the fill has the graph term, and early stopping uses it."""
+    kw = {"max_epochs": 40, "copy": True, "random_state": 0, "lr": 0.05, **SMALL}
+    monkeypatch.setattr(gnn_module, "PATIENCE_GRAPH_FILL", 2)
+    monkeypatch.setattr(gnn_module, "PATIENCE", 30)
+    out = sv.tl.impute(prepared, method="gnnimpute", layer="total", **kw)
+    params, hist = out.uns["gnnimpute"]["params"], out.uns["gnnimpute"]["history"]
+    assert params["patience"] == "auto" and params["graph_fill_used"] and params["patience_used"] == 2
+    # stopped 2 epochs after the best one, well before max_epochs
+    assert len(hist["loss"]) < 40 and int(hist["stopped_epoch"]) - int(hist["best_epoch"]) == 2
+    explicit = sv.tl.impute(prepared, method="gnnimpute", layer="total", patience=3, **kw)
+    assert explicit.uns["gnnimpute"]["params"]["patience_used"] == 3
 
 
 @pytest.mark.parametrize("bad", [{"fill_gate": 2.0}, {"fill_scale": "yes"}, {"fill_hops": 0}])
