@@ -214,9 +214,7 @@ def _validate(opts: dict[str, Any]) -> None:
     for k in ("hidden", "latent", "heads"):
         check_positive_int(k, opts[k])
     p = opts["patience"]
-    if not (isinstance(p, str) and p == "auto") and (
-        not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1
-    ):
+    if p != "auto" and (not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1):
         raise ValueError(f"patience must be an integer >= 1 or 'auto', got {p!r}.")
     check_fraction("dropout", opts["dropout"], high=1.0, closed=False)
     check_fraction("attention_dropout", opts["attention_dropout"], high=1.0, closed=False)
@@ -528,7 +526,7 @@ def run_gnnimpute(
     graph_fill = opts["graph_fill"] if opts["graph_fill"] != "auto" else normalization == "total"
     graph_fill = bool(graph_fill) and opts["output"] == "fill" and opts["fill_scale"] != "none" and use_mask
     patience = opts["patience"]
-    if isinstance(patience, str):  # "auto" (validated)
+    if patience == "auto":
         patience = PATIENCE_GRAPH_FILL if graph_fill else PATIENCE
     trainer = Trainer(
         model,
