@@ -95,10 +95,10 @@ def gnnimpute_options() -> dict[str, Any]:
         elsewhere (``patience_used`` in ``uns[key]["params"]``). With the graph term the fill leans on the
         neighbourhood mean and longer training did not improve it on pbmc3k, bladder and pbmc68k (3 seeds each;
         pbmc3k Pearson / MSE 0.890 / 8.56 against 0.888 / 8.75 in 230 instead of 612 CPU seconds); on
-        baron_mouse (one seed) it scored 0.929 / 89.2 against 0.934 / 86.6, a difference of the size that
-        another random mask of that heavy-tailed dataset flips (``benchmarks/results/scvgae_exploration.md``,
-        session 9). On the sqrt layer that the clustering protocol imputes patience 50 clustered worse (Leiden
-        ARI 0.640 against 0.694 on pbmc3k), so it stays 100 there.
+        baron_mouse it scored 0.929 / 89.2 against 0.934 / 86.6 on seed 0 and 0.933 / 73.7 against 0.932 / 74.4 on
+        seed 1 (``benchmarks/results/scvgae_exploration.md``, session 9). On the sqrt layer that the clustering
+        protocol imputes patience 50 clustered worse (Leiden ARI 0.640 against 0.694 on pbmc3k), so it stays 100
+        there.
     ``lr`` (2e-3), ``weight_decay`` (5e-4)
         Adam settings. The published training is ``patience=200, lr=1e-3, precision="32"``; the defaults
         (with ``precision="auto"``) took about 40 % of its CPU time on pbmc3k, with the same masked recovery
