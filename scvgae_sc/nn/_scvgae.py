@@ -14,7 +14,7 @@ from torch_geometric.nn import GCNConv, GraphNorm, SimpleConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ._sparse import coo_to_csr, sparse_mm_supported
-from ._zinb import masked_mean, zinb_nll
+from ._zinb import masked_mean, squared_errors, zinb_nll, zinb_nll_heads
 
 __all__ = ["SCVGAE", "scvgae_loss"]
 
@@ -23,6 +23,59 @@ _EDGE_SUM = SimpleConv(aggr="sum")
 
 #: Batches with more entries than this recompute the ZINB terms in backward (activation checkpointing).
 CHECKPOINT_MIN_ENTRIES = 4_000_000
+
+
+class _AddBack(torch.autograd.Function):
+    """``recon + (x - m_g) · rstd_g · w_g + b_g + (x - m_c) · rstd_c · s_c + t_c``: the add-back in one pass.
+
+    ``m_g`` / ``rstd_g``: the gene-wise (column) mean and inverse standard deviation of the batch or the
+    running statistics (BatchNorm1d; treated as constants, exact because ``x`` takes no gradient); ``m_c`` /
+    ``rstd_c``: each row's own mean and inverse standard deviation across genes; ``w, b`` the BatchNorm affine
+    parameters, ``s, t`` the ``(n, 1)`` per-cell scale and shift. The gradient of ``recon`` is the incoming one
+    (no copy); those of the four parameters are sums of it against the two standardized inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, recon, x, g_mean, g_rstd, g_weight, g_bias, c_scale, c_shift):  # noqa: D102
+        c_var, c_mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        x_cell = (x - c_mean).mul_((c_var + 1e-5).rsqrt_())
+        x_gene = (x - g_mean).mul_(g_rstd)
+        out = torch.addcmul(recon, x_gene, g_weight)
+        out.addcmul_(x_cell, c_scale).add_(g_bias).add_(c_shift)
+        ctx.save_for_backward(x_gene, x_cell)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x_gene, x_cell = ctx.saved_tensors
+        g_weight = g_bias = c_scale = c_shift = None
+        if ctx.needs_input_grad[4]:
+            g_weight = (grad * x_gene).sum(0)
+        if ctx.needs_input_grad[5]:
+            g_bias = grad.sum(0)
+        if ctx.needs_input_grad[6]:
+            c_scale = (grad * x_cell).sum(1, keepdim=True)
+        if ctx.needs_input_grad[7]:
+            c_shift = grad.sum(1, keepdim=True)
+        return grad, None, None, None, g_weight, g_bias, c_scale, c_shift
+
+
+class _HeadOutputs(dict):
+    """The outputs of :meth:`SCVGAE.decode`: ``"mean"`` and ``"theta"`` are made from ``"heads"`` when first read.
+
+    The ZINB loss works on the raw head output (:func:`~scvgae_sc.nn.zinb_nll_heads`), so in training the
+    ``exp(clamp(·))`` of the two ``(n, n_genes)`` blocks is computed only where something reads them.
+    """
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        if key not in ("mean", "theta"):
+            raise KeyError(key)
+        heads, c = self["heads"], self["log_clamp"]
+        n_genes = heads.shape[1] // 3
+        block = heads[:, :n_genes] if key == "mean" else heads[:, 2 * n_genes :]
+        value = torch.exp(block.clamp(-c, c))
+        self[key] = value
+        return value
 
 
 class SCVGAE(nn.Module):
@@ -260,7 +313,7 @@ class SCVGAE(nn.Module):
             z = mu
         return {"z": z, "z_mu": mu, "z_logvar": logvar}
 
-    def _cell_norm(self, x: torch.Tensor, cell_index: torch.Tensor | None) -> torch.Tensor:
+    def _cell_index(self, x: torch.Tensor, cell_index: torch.Tensor | None) -> torch.Tensor:
         if cell_index is None:
             if x.shape[0] != self.n_cells:
                 raise ValueError(
@@ -268,11 +321,36 @@ class SCVGAE(nn.Module):
                     "cell_index (the rows' positions among the training cells) for a mini-batch."
                 )
             cell_index = torch.arange(x.shape[0], device=x.device)
+        return cell_index
+
+    def _add_back(self, recon: torch.Tensor, x: torch.Tensor, cell_index: torch.Tensor | None) -> torch.Tensor:
+        """``recon + BatchNorm1d(x) + cellnorm(x)`` (see the class docstring), fused (:class:`_AddBack`)."""
+        cell_index = self._cell_index(x, cell_index)
+        bn = self.gene_norm
         xf = x.float()
-        mean = xf.mean(dim=1, keepdim=True)
-        var = xf.var(dim=1, unbiased=False, keepdim=True)
-        standardized = (xf - mean) * torch.rsqrt(var + 1e-5)
-        return standardized * self.cell_scale(cell_index) + self.cell_shift(cell_index)
+        if bn.training:
+            if xf.shape[0] < 2:
+                raise ValueError("the gene-wise BatchNorm of the add-back needs at least 2 rows in training mode.")
+            g_var, g_mean = torch.var_mean(xf, dim=0, unbiased=False)
+            with torch.no_grad():  # BatchNorm1d's running statistics (unbiased variance, momentum)
+                bn.num_batches_tracked.add_(1)
+                m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                n = xf.shape[0]
+                bn.running_mean.mul_(1 - m).add_(g_mean, alpha=m)
+                bn.running_var.mul_(1 - m).add_(g_var, alpha=m * n / (n - 1))
+        else:
+            g_mean, g_var = bn.running_mean, bn.running_var
+        g_rstd = (g_var + bn.eps).rsqrt()
+        return _AddBack.apply(
+            recon.float(),
+            xf,
+            g_mean,
+            g_rstd,
+            bn.weight,
+            bn.bias,
+            self.cell_scale(cell_index),
+            self.cell_shift(cell_index),
+        )
 
     # --------------------------------------------------------------- forward
     def forward(
@@ -309,8 +387,8 @@ class SCVGAE(nn.Module):
         cell's posterior from ``N(0, I)``, summed over latent dimensions).
         """
         graph = self.graph_operator(edge_index, edge_weight, x.shape[0])
-        out = self.encode_graph(x, graph)
-        z = out["z"]
+        encoded = self.encode_graph(x, graph)
+        z = encoded["z"]
 
         h = self.propagate_graph(z, graph) if self.propagate is not None else z
         if rows is not None:
@@ -318,7 +396,8 @@ class SCVGAE(nn.Module):
             cell_index = rows if cell_index is None else cell_index[rows]
         else:
             z_rows = z
-        out.update(self.decode(h, z_rows, x, cell_index))
+        out = self.decode(h, z_rows, x, cell_index)
+        out.update(encoded)
         if self.variational:
             mu, logvar = out["z_mu"].float(), out["z_logvar"].float()
             if rows is not None:
@@ -344,17 +423,18 @@ class SCVGAE(nn.Module):
 
         Returns
         -------
-        ``{"recon", "mean", "pi_logits", "theta"}``, each ``(m, n_genes)``.
+        ``{"recon", "mean", "pi_logits", "theta"}``, each ``(m, n_genes)``, plus ``"heads"`` (the
+        ``(m, 3 · n_genes)`` float32 head output ``[log M | Π | log Θ]`` before clamping, which the loss uses) and
+        ``"log_clamp"`` (a float). ``"mean"`` and ``"theta"`` are computed from ``"heads"`` when first read, so a
+        training step that does not read them does not pay for them.
         """
         raw = self.zinb_heads(h).float()
-        log_mean, pi_logits, log_theta = raw.split(self.n_genes, dim=1)
-        c = self.log_clamp
-        mean = torch.exp(log_mean.clamp(-c, c))
-        theta = torch.exp(log_theta.clamp(-c, c))
-        recon = self.decoder(mean if self.decoder_input == "mean" else z).float()
+        out = _HeadOutputs(heads=raw, log_clamp=self.log_clamp, pi_logits=raw[:, self.n_genes : 2 * self.n_genes])
+        recon = self.decoder(out["mean"] if self.decoder_input == "mean" else z).float()
         if self.add_back:
-            recon = recon + self.gene_norm(x).float() + self._cell_norm(x, cell_index)
-        return {"recon": recon, "mean": mean, "pi_logits": pi_logits, "theta": theta}
+            recon = self._add_back(recon, x, cell_index)
+        out["recon"] = recon
+        return out
 
     def loss(
         self,
@@ -383,6 +463,8 @@ def scvgae_loss(
     recon_mask: torch.Tensor | None = None,
     zinb_mask: torch.Tensor | None = None,
     kl_mask: torch.Tensor | None = None,
+    hidden: torch.Tensor | None = None,
+    hidden_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     r"""Compute the scVGAE objective ``alpha · MSE + (1 - alpha) · ZINB-NLL + kl_weight · KL`` (mean-reduced).
 
@@ -393,6 +475,12 @@ def scvgae_loss(
     - ``kl`` (variational models): the per-cell KL of :class:`SCVGAE`, averaged over cells and divided by
       ``n_genes``, so that with ``alpha=0`` and ``kl_weight=1`` the objective is the negative ELBO per matrix
       entry.
+    - ``masked`` (with ``hidden``): mean squared error of ``out["recon"]`` against ``x`` over the ``hidden``
+      entries, weighted by ``hidden_weight`` (self-supervised masking: the values hidden from the input).
+
+    Without ``recon_mask`` / ``zinb_mask`` the two squared-error terms and the ZINB term are computed by the
+    fused functions :func:`~scvgae_sc.nn.squared_errors` and :func:`~scvgae_sc.nn.zinb_nll_heads` (same values,
+    closed-form gradients, far fewer full-size tensors).
 
     Parameters
     ----------
@@ -413,36 +501,60 @@ def scvgae_loss(
         Boolean or weight masks broadcastable to ``(n, n_genes)`` (``kl_mask`` to ``(n,)``) selecting the
         entries each term is averaged over — e.g. the entries hidden from the input in self-supervised
         masking, or ``(n, 1)`` for the training cells. ``None`` averages over everything.
+    hidden, hidden_weight
+        Boolean ``(n, n_genes)`` mask of entries hidden from the model's input, and the weight of their squared
+        error (the ``"masked"`` term); ``None`` or a weight of 0 leaves the term out.
 
     Returns
     -------
     A dict of scalar tensors: ``"loss"`` and the unweighted components that were computed among
-    ``"recon"``, ``"zinb"`` and ``"kl"``.
+    ``"recon"``, ``"zinb"``, ``"kl"`` and ``"masked"``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     components: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=out["recon"].device)
-    if alpha > 0:
-        se = (out["recon"].float() - x.float()).pow(2)
-        components["recon"] = masked_mean(se, recon_mask)
-        total = total + alpha * components["recon"]
+    use_hidden = hidden is not None and hidden_weight > 0
+    if recon_mask is None and (alpha > 0 or use_hidden):
+        weighted, mean_all, mean_hidden = squared_errors(
+            out["recon"], x, hidden if use_hidden else None, weight=alpha, subset_weight=hidden_weight
+        )
+        total = total + weighted
+        if alpha > 0:
+            components["recon"] = mean_all
+        if use_hidden:
+            components["masked"] = mean_hidden
+    else:
+        if alpha > 0:
+            se = (out["recon"].float() - x.float()).pow(2)
+            components["recon"] = masked_mean(se, recon_mask)
+            total = total + alpha * components["recon"]
+        if use_hidden:
+            components["masked"] = masked_mean((out["recon"].float() - x.float()).pow(2), hidden)
+            total = total + hidden_weight * components["masked"]
     if alpha < 1:
         if counts is None:
             raise ValueError("counts are needed for the ZINB term; pass them, or alpha=1 to turn ZINB off.")
-        mean = out["mean"].float()
-        if size_factors is not None:
-            sf = size_factors.float()
-            mean = mean * (sf.unsqueeze(1) if sf.dim() == 1 else sf)
-        args = (counts.float(), mean, out["theta"].float(), out["pi_logits"].float(), zinb_mask)
-        if torch.is_grad_enabled() and mean.requires_grad and mean.numel() > CHECKPOINT_MIN_ENTRIES:
-            # recompute the elementwise terms in backward instead of keeping ~10 (n × n_genes) intermediates
-            # (large batches only: on small ones the memory is small and recomputing costs time)
-            components["zinb"] = checkpoint(_masked_zinb, *args, use_reentrant=False)
+        if zinb_mask is None and "heads" in out:
+            # fused: loss and analytic gradient from the raw heads, weighted here so that its backward needs no
+            # copy (see zinb_nll_heads)
+            weighted = zinb_nll_heads(out["heads"], counts, size_factors, log_clamp=out["log_clamp"], weight=1 - alpha)
+            components["zinb"] = weighted.detach() / (1 - alpha)
+            total = total + weighted
         else:
-            components["zinb"] = _masked_zinb(*args)
-        total = total + (1 - alpha) * components["zinb"]
+            mean = out["mean"].float()
+            if size_factors is not None:
+                sf = size_factors.float()
+                mean = mean * (sf.unsqueeze(1) if sf.dim() == 1 else sf)
+            args = (counts.float(), mean, out["theta"].float(), out["pi_logits"].float(), zinb_mask)
+            if torch.is_grad_enabled() and mean.requires_grad and mean.numel() > CHECKPOINT_MIN_ENTRIES:
+                # recompute the elementwise terms in backward instead of keeping ~10 (n × n_genes) intermediates
+                # (large batches only: on small ones the memory is small and recomputing costs time)
+                components["zinb"] = checkpoint(_masked_zinb, *args, use_reentrant=False)
+            else:
+                components["zinb"] = _masked_zinb(*args)
+            total = total + (1 - alpha) * components["zinb"]
     if "kl" in out and kl_weight > 0:
-        components["kl"] = masked_mean(out["kl"].float(), kl_mask) / out["mean"].shape[1]
+        components["kl"] = masked_mean(out["kl"].float(), kl_mask) / out["recon"].shape[1]
         total = total + kl_weight * components["kl"]
     return {"loss": total, **components}

@@ -416,7 +416,7 @@ def run_scvgae(
 
     import torch
 
-    from ..nn import SCVGAE, Trainer, masked_mean, rank, resolve_device, scvgae_loss, world_size
+    from ..nn import SCVGAE, Trainer, rank, resolve_device, scvgae_loss, world_size
 
     dev = resolve_device(device)
     transform = opts["transform"]
@@ -481,12 +481,6 @@ def run_scvgae(
         precision=opts["precision"],
     )
 
-    def add_masked(comps, recon, xb, hidden_rows):
-        if hidden_rows is not None and mask_weight > 0:
-            comps["masked"] = masked_mean((recon.float() - xb).pow(2), hidden_rows)
-            comps["loss"] = comps["loss"] + mask_weight * comps["masked"]
-        return comps
-
     start = logg.info(
         f"    training scVGAE on {n_cells} cells × {n_genes} genes, {A.nnz} edges, {dev}, batching={batching!r}"
     )
@@ -504,8 +498,9 @@ def run_scvgae(
 
         def loss_fn(out, xb, cb, sfb, hidden_rows):
             cb = xb if cb is None else cb
-            comps = scvgae_loss(out, xb, cb, sfb, alpha=alpha, kl_weight=kl_weight)
-            return add_masked(comps, out["recon"], xb, hidden_rows)
+            return scvgae_loss(
+                out, xb, cb, sfb, alpha=alpha, kl_weight=kl_weight, hidden=hidden_rows, hidden_weight=mask_weight
+            )
 
         train_step = subgraph_train_step(
             model,
@@ -562,9 +557,10 @@ def run_scvgae(
             xb = x if rows is None else x[rows]
             cb = c if rows is None else c[rows]
             sfb = sf if (sf is None or rows is None) else sf[rows]
-            comps = scvgae_loss(out, xb, cb, sfb, alpha=alpha, kl_weight=kl_weight)
             hidden_rows = hidden if (hidden is None or rows is None) else hidden[rows]
-            return add_masked(comps, out["recon"], xb, hidden_rows)
+            return scvgae_loss(
+                out, xb, cb, sfb, alpha=alpha, kl_weight=kl_weight, hidden=hidden_rows, hidden_weight=mask_weight
+            )
 
         def train_step(module, epoch):
             if mask_rate > 0:
