@@ -288,6 +288,22 @@ def _neighbourhood(graph, x, observed, *, transform: str, fill_gate: float, fill
     return hood(_layer_values(x, transform) if graph_fill else None, observed)
 
 
+def _hide_observed(x, observed_flat, mask_rate: float, gen):
+    """``(hidden, x_in)``: a random ``mask_rate`` of the observed entries (flat indices ``observed_flat``) hidden.
+
+    Random numbers are drawn for the observed entries only (a fifth of the matrix on typical data; the CPU
+    generator is sequential, so this is what an epoch's mask costs).
+    """
+    import torch
+
+    pick = observed_flat[torch.rand(observed_flat.shape, generator=gen, device=x.device) < mask_rate]
+    hidden = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    hidden.view(-1)[pick] = True
+    x_in = x.clone()
+    x_in.view(-1)[pick] = 0.0
+    return hidden, x_in
+
+
 def _fit_fill_weights(
     module, x, observed, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
 ) -> tuple[float, float]:
@@ -300,8 +316,7 @@ def _fit_fill_weights(
     import torch
 
     transform, gate, hops = fill_kwargs["transform"], fill_kwargs["fill_gate"], fill_kwargs.pop("fill_hops")
-    hidden = observed & (torch.rand(x.shape, generator=gen, device=x.device) < mask_rate)
-    x_in = x.masked_fill(hidden, 0.0)
+    hidden, x_in = _hide_observed(x, torch.nonzero(observed.reshape(-1)).squeeze(1), mask_rate, gen)
     visible = x_in > 0
     rate, graph_mean = _neighbourhood(
         graph, x_in, visible, transform=transform, fill_gate=gate, fill_hops=hops, graph_fill=graph_fill
@@ -548,6 +563,7 @@ def run_scvgae(
             c, sf = x, None
         edge_index, edge_weight = edge_tensors(A, dev)
         observed = x > 0
+        observed_flat = torch.nonzero(observed.reshape(-1)).squeeze(1)
         gen = torch.Generator(device=dev)
         gen.manual_seed(0 if random_state is None else int(random_state))
         n_ranks, this_rank = world_size(), rank()  # data-parallel: each rank trains on its share of the batches
@@ -564,8 +580,7 @@ def run_scvgae(
 
         def train_step(module, epoch):
             if mask_rate > 0:
-                hidden = observed & (torch.rand(x.shape, generator=gen, device=dev) < mask_rate)
-                x_in = x.masked_fill(hidden, 0.0)
+                hidden, x_in = _hide_observed(x, observed_flat, mask_rate, gen)
             else:
                 hidden, x_in = None, x
             if batch_size >= n_cells and n_ranks == 1:
@@ -575,7 +590,7 @@ def run_scvgae(
             return (batch_loss(module, x_in, hidden, rows) for rows in batches)
 
         history = trainer.fit(train_step)
-        del c, sf
+        del c, sf, observed_flat
         scale, graph_weight = 1.0, 0.0
         if fit_scale:
             scale, graph_weight = _fit_fill_weights(
