@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import GCNConv, GraphNorm, SimpleConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
@@ -26,20 +27,16 @@ CHECKPOINT_MIN_ENTRIES = 4_000_000
 
 
 class _AddBack(torch.autograd.Function):
-    """``recon + (x - m_g) · rstd_g · w_g + b_g + (x - m_c) · rstd_c · s_c + t_c``: the add-back in one pass.
+    """``recon + x_gene · w + b + x_cell · s + t``: the add-back's affine part in one pass.
 
-    ``m_g`` / ``rstd_g``: the gene-wise (column) mean and inverse standard deviation of the batch or the
-    running statistics (BatchNorm1d; treated as constants, exact because ``x`` takes no gradient); ``m_c`` /
-    ``rstd_c``: each row's own mean and inverse standard deviation across genes; ``w, b`` the BatchNorm affine
-    parameters, ``s, t`` the ``(n, 1)`` per-cell scale and shift. The gradient of ``recon`` is the incoming one
-    (no copy); those of the four parameters are sums of it against the two standardized inputs.
+    ``x_gene`` / ``x_cell``: the input standardized per gene (BatchNorm1d's normalization) and per cell (each row
+    across genes), computed without gradient (the input takes none); ``w, b`` the BatchNorm affine parameters,
+    ``s, t`` the ``(n, 1)`` per-cell scale and shift. The gradient of ``recon`` is the incoming one (no copy);
+    those of the four parameters are sums of it against the two standardized inputs.
     """
 
     @staticmethod
-    def forward(ctx, recon, x, g_mean, g_rstd, g_weight, g_bias, c_scale, c_shift):  # noqa: D102
-        c_var, c_mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
-        x_cell = (x - c_mean).mul_((c_var + 1e-5).rsqrt_())
-        x_gene = (x - g_mean).mul_(g_rstd)
+    def forward(ctx, recon, x_gene, x_cell, g_weight, g_bias, c_scale, c_shift):  # noqa: D102
         out = torch.addcmul(recon, x_gene, g_weight)
         out.addcmul_(x_cell, c_scale).add_(g_bias).add_(c_shift)
         ctx.save_for_backward(x_gene, x_cell)
@@ -49,15 +46,15 @@ class _AddBack(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: D102
         x_gene, x_cell = ctx.saved_tensors
         g_weight = g_bias = c_scale = c_shift = None
-        if ctx.needs_input_grad[4]:
+        if ctx.needs_input_grad[3]:
             g_weight = (grad * x_gene).sum(0)
-        if ctx.needs_input_grad[5]:
+        if ctx.needs_input_grad[4]:
             g_bias = grad.sum(0)
-        if ctx.needs_input_grad[6]:
+        if ctx.needs_input_grad[5]:
             c_scale = (grad * x_cell).sum(1, keepdim=True)
-        if ctx.needs_input_grad[7]:
+        if ctx.needs_input_grad[6]:
             c_shift = grad.sum(1, keepdim=True)
-        return grad, None, None, None, g_weight, g_bias, c_scale, c_shift
+        return grad, None, None, g_weight, g_bias, c_scale, c_shift
 
 
 class _HeadOutputs(dict):
@@ -328,28 +325,20 @@ class SCVGAE(nn.Module):
         cell_index = self._cell_index(x, cell_index)
         bn = self.gene_norm
         xf = x.float()
+        momentum = 0.0
         if bn.training:
             if xf.shape[0] < 2:
                 raise ValueError("the gene-wise BatchNorm of the add-back needs at least 2 rows in training mode.")
-            g_var, g_mean = torch.var_mean(xf, dim=0, unbiased=False)
-            with torch.no_grad():  # BatchNorm1d's running statistics (unbiased variance, momentum)
-                bn.num_batches_tracked.add_(1)
-                m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                n = xf.shape[0]
-                bn.running_mean.mul_(1 - m).add_(g_mean, alpha=m)
-                bn.running_var.mul_(1 - m).add_(g_var, alpha=m * n / (n - 1))
-        else:
-            g_mean, g_var = bn.running_mean, bn.running_var
-        g_rstd = (g_var + bn.eps).rsqrt()
+            bn.num_batches_tracked.add_(1)  # as BatchNorm1d.forward does
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        with torch.no_grad():  # the input takes no gradient: both standardizations are constants of the step
+            # BatchNorm1d's normalization without its affine part (batch statistics in training, updating the
+            # running ones exactly as the module does; the running ones in evaluation), and each row's own
+            # standardization across genes (layer_norm is that, and far faster than var_mean on CPU)
+            x_gene = F.batch_norm(xf, bn.running_mean, bn.running_var, None, None, bn.training, momentum, bn.eps)
+            x_cell = F.layer_norm(xf, (xf.shape[1],), eps=1e-5)
         return _AddBack.apply(
-            recon.float(),
-            xf,
-            g_mean,
-            g_rstd,
-            bn.weight,
-            bn.bias,
-            self.cell_scale(cell_index),
-            self.cell_shift(cell_index),
+            recon.float(), x_gene, x_cell, bn.weight, bn.bias, self.cell_scale(cell_index), self.cell_shift(cell_index)
         )
 
     # --------------------------------------------------------------- forward
