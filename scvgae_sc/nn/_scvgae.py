@@ -513,13 +513,13 @@ def scvgae_loss(
             components["recon"] = mean_all
         if use_hidden:
             components["masked"] = mean_hidden
-    else:
+    elif alpha > 0 or use_hidden:
+        se = (out["recon"].float() - x.float()).pow(2)
         if alpha > 0:
-            se = (out["recon"].float() - x.float()).pow(2)
             components["recon"] = masked_mean(se, recon_mask)
             total = total + alpha * components["recon"]
         if use_hidden:
-            components["masked"] = masked_mean((out["recon"].float() - x.float()).pow(2), hidden)
+            components["masked"] = masked_mean(se, hidden)
             total = total + hidden_weight * components["masked"]
     if alpha < 1:
         if counts is None:

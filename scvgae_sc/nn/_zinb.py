@@ -166,6 +166,16 @@ def zinb_nll(
     return reduce(-log_lik, reduction)
 
 
+def _pass_on(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """A gradient stored by a fused forward pass, scaled by ``grad_output``.
+
+    Itself, without a copy, when ``grad_output`` is 1 (the fused term enters the total loss as a plain summand).
+    """
+    if grad_output.numel() == 1 and float(grad_output) == 1.0:
+        return grad
+    return grad * grad_output
+
+
 class _FusedZINB(torch.autograd.Function):
     """Mean ZINB NLL of ``counts`` from the raw head output, with its gradient computed in the forward pass.
 
@@ -219,6 +229,9 @@ class _FusedZINB(torch.autograd.Function):
         ll_nz += torch.lgamma(x + th_nz) - torch.lgamma(th_nz) - torch.lgamma(x + 1.0)
         total = ll.reshape(-1).index_copy_(0, flat, ll_nz).sum()
         del ll, ll_nz, log_r_nz, pi_nz
+        n_entries = max(n * g, 1)
+        if not ctx.needs_input_grad[0]:  # e.g. under torch.no_grad(): the loss only
+            return total * (-weight / n_entries)
 
         # derivatives of the log-likelihood in (log mean, logit pi, log theta). At the zeros, with
         # s = sigmoid(log NB(0) - logit pi): (-s · theta · r, sigmoid(-pi) - s, s · (log NB(0) + theta · r)).
@@ -240,7 +253,6 @@ class _FusedZINB(torch.autograd.Function):
             lo, hi = torch.aminmax(raw)
             if lo < -c or hi > c:
                 g_raw.masked_fill_(raw.abs() > c, 0.0)
-        n_entries = max(n * g, 1)
         grad.mul_(-weight / n_entries)
         ctx.save_for_backward(grad)
         return total * (-weight / n_entries)
@@ -248,10 +260,7 @@ class _FusedZINB(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        # the usual case (the weighted loss is a plain term of the total): hand the gradient over without a copy
-        if grad_output.numel() == 1 and float(grad_output) == 1.0:
-            return grad, None, None, None, None
-        return grad * grad_output, None, None, None, None
+        return _pass_on(grad, grad_output), None, None, None, None
 
 
 def zinb_nll_heads(
@@ -338,9 +347,7 @@ class _FusedSquaredErrors(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _g_all, _g_sub):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        if grad_output.numel() == 1 and float(grad_output) == 1.0:
-            return grad, None, None, None, None
-        return grad * grad_output, None, None, None, None
+        return _pass_on(grad, grad_output), None, None, None, None
 
 
 def squared_errors(

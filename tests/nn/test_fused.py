@@ -184,3 +184,13 @@ def test_scvgae_loss_fused_equals_unfused():
         assert losses[0][k] == pytest.approx(losses[1][k], rel=1e-5), k
     for k in grads[1]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-7, msg=k)
+
+
+def test_zinb_nll_heads_without_gradient():
+    """Under no_grad (or for a tensor that needs none) only the loss is computed, and it is the same."""
+    heads, counts, sf = _zinb_case(torch.float32, seed=6)
+    with_grad = zinb_nll_heads(heads.clone().requires_grad_(), counts, sf)
+    with torch.no_grad():
+        plain = zinb_nll_heads(heads, counts, sf)
+    assert not plain.requires_grad
+    torch.testing.assert_close(plain, with_grad.detach())
