@@ -305,7 +305,7 @@ def _hide_observed(x, observed_flat, mask_rate: float, gen):
 
 
 def _fit_fill_weights(
-    module, x, observed, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
+    module, x, observed_flat, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
 ) -> tuple[float, float]:
     """Fill weights ``(fill_scale, graph_weight)`` fitted on freshly hidden observed entries (input layer's scale).
 
@@ -313,10 +313,8 @@ def _fit_fill_weights(
     least-squares weights that best map the model's fill values for them (and, with ``graph_fill``, the graph's
     neighbourhood mean, computed without them) to their values, which neither saw. Only observed data are used.
     """
-    import torch
-
     transform, gate, hops = fill_kwargs["transform"], fill_kwargs["fill_gate"], fill_kwargs.pop("fill_hops")
-    hidden, x_in = _hide_observed(x, torch.nonzero(observed.reshape(-1)).squeeze(1), mask_rate, gen)
+    hidden, x_in = _hide_observed(x, observed_flat, mask_rate, gen)
     visible = x_in > 0
     rate, graph_mean = _neighbourhood(
         graph, x_in, visible, transform=transform, fill_gate=gate, fill_hops=hops, graph_fill=graph_fill
@@ -562,8 +560,7 @@ def run_scvgae(
         else:
             c, sf = x, None
         edge_index, edge_weight = edge_tensors(A, dev)
-        observed = x > 0
-        observed_flat = torch.nonzero(observed.reshape(-1)).squeeze(1)
+        observed_flat = torch.nonzero(x.reshape(-1) > 0).squeeze(1)  # flat indices of the observed non-zeros
         gen = torch.Generator(device=dev)
         gen.manual_seed(0 if random_state is None else int(random_state))
         n_ranks, this_rank = world_size(), rank()  # data-parallel: each rank trains on its share of the batches
@@ -590,13 +587,13 @@ def run_scvgae(
             return (batch_loss(module, x_in, hidden, rows) for rows in batches)
 
         history = trainer.fit(train_step)
-        del c, sf, observed_flat
+        del c, sf
         scale, graph_weight = 1.0, 0.0
         if fit_scale:
             scale, graph_weight = _fit_fill_weights(
                 model,
                 x,
-                observed,
+                observed_flat,
                 edge_index,
                 edge_weight,
                 mask_rate=mask_rate,
@@ -609,7 +606,7 @@ def run_scvgae(
                 graph_fill=graph_fill,
             )
             logg.debug(f"    fill weights fitted on hidden entries: model {scale:.3f}, graph {graph_weight:.3f}")
-        del observed
+        del observed_flat
         x_predict = x
     predict_kwargs = {
         "output": opts["output"],
