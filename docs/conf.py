@@ -10,7 +10,7 @@ What happens at build start, before Sphinx reads a page (all of it below, in thi
   ``PYTHONPATH`` that the notebook kernels inherit), so the docs describe the code they are built with;
 * ``tutorials/*.md`` (the tutorial sources, jupytext MyST notebooks) are copied into ``docs/tutorials/``, which
   myst-nb executes (see "Tutorials" below);
-* the benchmark pages are generated from the ``benchmarks/results/*.md`` files that exist (see "Benchmarks");
+* the Benchmarks page's tables are generated from ``benchmarks/results/summary.json`` (see "Benchmarks");
 * intersphinx inventories are fetched, once a day, into ``docs/_build/.intersphinx/`` -- or left out when the
   network cannot be reached (see "Cross-references" below).
 """
@@ -85,11 +85,7 @@ pygments_style = "default"
 # code and are not warnings: nitpicky stays off, so an offline build passes with -W. Internal references (:doc:,
 # {ref}, toctree entries, includes) still warn and fail the build.
 nitpicky = False
-suppress_warnings = [
-    # benchmarks/results/*.md are written by the benchmark scripts and jump from "#" to "###"; they are included
-    # verbatim on the Benchmarks pages.
-    "myst.header",
-]
+suppress_warnings: list[str] = []
 
 # -- Autodoc / autosummary / napoleon -----------------------------------------------------------------------
 autosummary_generate = True
@@ -163,51 +159,35 @@ def _sync_tutorials() -> None:
 _sync_tutorials()
 
 
-# -- Benchmarks: whatever benchmarks/results/*.md exist ---------------------------------------------------
-# The Benchmarks page (docs/benchmarks.md) includes two generated files: _generated/benchmark_summary.md (summary.md
-# and summary.png of benchmarks/summary.py, when they exist) and _generated/benchmark_toc.md (a toctree of one page
-# per other results file, written into docs/benchmark_results/). All of it is git-ignored and rewritten only when
-# its content changes; a results file added or removed shows up at the next build.
+# -- Benchmarks: tables from benchmarks/results/summary.json ------------------------------------------------
+# The Benchmarks page (docs/benchmarks.md) is written by hand; its methods x datasets tables are generated from
+# the canonical summary by benchmarks/tables.py (the same code that prints the README's headline table) into
+# _generated/benchmark_tables.md, git-ignored and rewritten only when its content changes.
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
 
 
-def _write_benchmark_pages() -> None:
-    results = ROOT / "benchmarks" / "results"
-    generated, pages = HERE / "_generated", HERE / "benchmark_results"
+def _write_benchmark_tables() -> None:
+    import importlib.util
+
+    generated = HERE / "_generated"
     generated.mkdir(exist_ok=True)
-    pages.mkdir(exist_ok=True)
-    # Paths in an {include} resolve against the folder of the page that includes it (docs/ for benchmarks.md,
-    # docs/benchmark_results/ for the pages). The results' headings jump levels ("#" to "###"): "myst.header" is
-    # suppressed above.
-    summary = []
-    if (results / "summary.md").is_file():
-        summary.append("```{include} ../benchmarks/results/summary.md\n:heading-offset: 2\n```\n")
-    if (results / "summary.png").is_file():
-        summary.append("![Benchmark summary](../benchmarks/results/summary.png)\n")
-    if not summary:
-        summary.append("No summary yet: `python benchmarks/summary.py` writes `benchmarks/results/summary.md`.\n")
-    _write_if_changed(generated / "benchmark_summary.md", "\n".join(summary))
-
-    others = sorted(p for p in results.glob("*.md") if p.stem != "summary")
-    for stale in pages.glob("*.md"):
-        if stale.stem not in {p.stem for p in others}:
-            stale.unlink()
-    for p in others:
-        _write_if_changed(
-            pages / f"{p.stem}.md",
-            f"# {p.stem}\n\n_The file `benchmarks/results/{p.name}`, as `benchmarks/` wrote it._\n\n"
-            f"```{{include}} ../../benchmarks/results/{p.name}\n:heading-offset: 1\n```\n",
-        )
-    toc = "\n".join(f"benchmark_results/{p.stem}" for p in others)
-    _write_if_changed(
-        generated / "benchmark_toc.md",
-        f"```{{toctree}}\n:maxdepth: 1\n\n{toc}\n```\n" if others else "No other result files yet.\n",
-    )
+    spec = importlib.util.spec_from_file_location("_scvgae_sc_bench_tables", ROOT / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    if tables.SUMMARY.is_file():
+        text = tables.page_tables(tables.load())
+    else:
+        text = "No summary yet: `python benchmarks/summary.py` writes `benchmarks/results/summary.json`.\n"
+    _write_if_changed(generated / "benchmark_tables.md", text)
+    # pages of an earlier layout (one per results file) must not linger in a source tree that was built before
+    stale = HERE / "benchmark_results"
+    if stale.is_dir():
+        shutil.rmtree(stale)
 
 
-_write_benchmark_pages()
+_write_benchmark_tables()
 
 # -- Cross-references (intersphinx) -------------------------------------------------------------------------
 # Links to the documentation of the projects we build on must work for readers online, but the build must never
