@@ -1,0 +1,58 @@
+"""Published text describes the product, not how it was developed.
+
+README, CHANGELOG, the documentation's own pages and the tutorials may not cite work periods ("session 8"),
+design documents or "the contract". The package source is not scanned yet; add ``"scvgae_sc/**/*.py"`` to
+``SCANNED`` to include it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Globs, relative to the repository root, of the published text. ``docs/*.md`` is the hand-written pages only:
+#: the build's generated folders (``docs/_generated``, ``docs/tutorials``, ``docs/generated``) lie below it.
+SCANNED = ["README.md", "CHANGELOG.md", "docs/*.md", "tutorials/*.md"]
+
+#: (name, pattern) of what published text must not say.
+FORBIDDEN = [
+    ("a work period", re.compile(r"\bsession\s*\d+", re.IGNORECASE)),
+    ("a design document", re.compile(r"\bDESIGN\b")),
+    ("the contract", re.compile(r"\bthe contract\b", re.IGNORECASE)),
+]
+
+
+def _files() -> list[Path]:
+    return sorted({p for pattern in SCANNED for p in ROOT.glob(pattern) if p.is_file()})
+
+
+def test_scanned_files_exist():
+    names = {p.relative_to(ROOT).as_posix() for p in _files()}
+    assert {"README.md", "CHANGELOG.md", "docs/index.md", "docs/benchmarks.md"} <= names
+    assert any(n.startswith("tutorials/") for n in names)
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_development_history(path: Path):
+    hits = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for name, pattern in FORBIDDEN:
+            if m := pattern.search(line):
+                hits.append(f"{path.relative_to(ROOT).as_posix()}:{lineno}: {name} ({m.group(0)!r}): {line.strip()}")
+    assert not hits, "published text cites development history:\n" + "\n".join(hits)
+
+
+def test_readme_headline_table_matches_results():
+    """README's figures are the output of ``benchmarks/tables.py`` on the canonical summary."""
+    spec = importlib.util.spec_from_file_location("_bench_tables", ROOT / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    expected = tables.headline(tables.load())
+    assert expected in (ROOT / "README.md").read_text(encoding="utf-8"), (
+        "README's headline table differs from `python benchmarks/tables.py`; paste its output into README.md"
+    )
