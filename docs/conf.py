@@ -306,16 +306,26 @@ def setup(app):  # noqa: D103 -- Sphinx extension hook
         def run(self, **kwargs) -> None:
             for node in list(self.document.findall(addnodes.pending_xref)):
                 target = node.get("reftarget", "")
-                if node.get("reftype") != "myst" or node.get("refdomain") or not target or ":" in target:
+                if node.get("reftype") != "myst" or not target or ":" in target:
                     continue
+                # A link to a Markdown file reaches here as a "doc" reference (without the suffix): it stays one
+                # when the file is a page of the documentation, else it becomes a link to the repository's file.
+                domain = node.get("refdomain")
+                if domain not in (None, "", "doc"):
+                    continue
+                suffixes = ("", ".md") if domain == "doc" else ("",)
                 path, _, anchor = target.partition("#")
                 bases = [Path(node.source).parent] if node.source else []
-                for base in [*bases, ROOT]:
-                    file = (base / path).resolve()
-                    if file.is_file() and file.is_relative_to(ROOT):
-                        uri = f"{REPOSITORY_URL}/blob/main/{file.relative_to(ROOT).as_posix()}"
-                        ref = nodes.reference("", "", *node.children, refuri=uri + (f"#{anchor}" if anchor else ""))
-                        node.replace_self(ref)
-                        break
+                for base, suffix in ((b, s) for b in [*bases, ROOT] for s in suffixes):
+                    file = (base / (path + suffix)).resolve()
+                    if not (file.is_file() and file.is_relative_to(ROOT)):
+                        continue
+                    page = HERE / file.relative_to(ROOT)  # e.g. tutorials/*.md, copied into docs/ at build start
+                    if domain == "doc" and (file.is_relative_to(HERE) or page.is_file()):
+                        break  # a documentation page: MyST resolves it
+                    uri = f"{REPOSITORY_URL}/blob/main/{file.relative_to(ROOT).as_posix()}"
+                    ref = nodes.reference("", "", *node.children, refuri=uri + (f"#{anchor}" if anchor else ""))
+                    node.replace_self(ref)
+                    break
 
     app.add_post_transform(RepositoryFileLinks)
