@@ -147,6 +147,12 @@ def _check_graph(adata: AnnData, imputation: str, entry: dict, split: dict, spli
         obsp_keys.append(g_entry.get("connectivities_key") or f"{graph_key}_connectivities")
     for key in obsp_keys:
         if key in adata.obsp and matrix_digest(adata.obsp[key], np.float32) in before:
+            if key == obsp_keys[0] and not graph_key:
+                raise ValueError(
+                    f"Imputation {imputation!r} was run before the split {split_key!r} (its graph "
+                    f"adata.obsp[{key!r}] existed when the split was drawn), so it has seen the test molecules. "
+                    f"Run it again on layers computed from {split['train_layer']!r}."
+                )
             raise ValueError(
                 f"The graph of imputation {imputation!r} (adata.obsp[{key!r}]) was built before the split "
                 f"{split_key!r}, from data that include the test molecules. Build the graph after the split, from a "
@@ -164,7 +170,13 @@ def _check_graph(adata: AnnData, imputation: str, entry: dict, split: dict, spli
             f"built from. Build it with `scvgae_sc.pp.cell_graph(adata, layer=...)` from a layer normalized from "
             f"{split['train_layer']!r}."
         )
-    _train_derived(adata, g_params.get("layer"), split, split_key, f"The layer that graph {graph_key!r} was built from")
+    if "layer" not in g_params:
+        raise ValueError(
+            f"Imputation {imputation!r} used the graph {graph_key!r}, built from adata.X or from a representation its "
+            f"record does not name, which may include the test molecules. Build it with "
+            f"`scvgae_sc.pp.cell_graph(adata, layer=...)` from a layer normalized from {split['train_layer']!r}."
+        )
+    _train_derived(adata, g_params["layer"], split, split_key, f"The layer that graph {graph_key!r} was built from")
 
 
 def _scale_of(adata: AnnData, layer: str, split: dict, split_key: str) -> _Scale:

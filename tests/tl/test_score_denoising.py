@@ -150,6 +150,21 @@ def test_key_added_stores_the_scores(split, tmp_path):
     split.write_h5ad(tmp_path / "scored.h5ad")
 
 
+def test_scores_after_writing_and_reading_h5ad(pbmc68k, tmp_path):
+    import anndata as ad
+
+    sv.pp.filter(pbmc68k)
+    sv.pp.split_counts(pbmc68k)
+    sv.pp.normalize(pbmc68k, method="sqrt", counts_layer="mcv_train", key_added="train_sqrt")
+    sv.tl.impute(
+        pbmc68k, method="scvgae", layer="train_sqrt", counts_layer="mcv_train", max_epochs=1, progress_bar=False
+    )
+    pbmc68k.write_h5ad(tmp_path / "split.h5ad")
+    back = ad.read_h5ad(tmp_path / "split.h5ad")
+    for layer in ("mcv_train", "train_sqrt", "scvgae"):
+        assert sv.tl.score_denoising(back, layer) == pytest.approx(sv.tl.score_denoising(pbmc68k, layer)), layer
+
+
 def test_split_and_score_with_fraction_09(_simulated):
     adata = _simulated.copy()
     sv.pp.split_counts(adata, fraction=0.9, key_added="op")
@@ -257,6 +272,13 @@ def test_refuses_a_graph_whose_layer_is_unknown(split):
     _refused(split, "imp", "does not say which layer")
 
 
+def test_refuses_a_graph_from_x_or_an_unnamed_representation(split):
+    sv.pp.cell_graph(split, layer="log1p", n_neighbors=5, n_pcs=10, key_added="g")
+    del split.uns["g"]["params"]["layer"]  # as recorded for layer=None, or by sc.pp.neighbors
+    _fake_imputation(split, "imp", split.layers["total"].copy(), layer="total", graph_key="g")
+    _refused(split, "imp", "built from adata.X or from a representation")
+
+
 def test_refuses_bad_types(split):
     before = _snapshot(split)
     with pytest.raises(TypeError):
@@ -269,12 +291,33 @@ def test_refuses_bad_types(split):
 # --- real imputations ---------------------------------------------------------------------------------------------
 
 
+def test_pbmc3k_no_imputation_figures(pbmc3k):
+    """The published figures for no imputation on pbmc3k (filtered), seed 0."""
+    sv.pp.filter(pbmc3k)
+    sv.pp.split_counts(pbmc3k, fraction=0.5, key_added="half")
+    sv.pp.split_counts(pbmc3k, fraction=0.9, key_added="op")
+    assert sv.tl.score_denoising(pbmc3k, "half_train", split_key="half")["mcv"] == pytest.approx(0.0923, abs=5e-5)
+    op = sv.tl.score_denoising(pbmc3k, "op_train", split_key="op")
+    assert op["op_mse"] == pytest.approx(0.895, abs=5e-4) and op["op_poisson"] == pytest.approx(0.245, abs=5e-4)
+
+
 @pytest.fixture
 def pbmc_split(pbmc68k) -> AnnData:
     sv.pp.filter(pbmc68k)
     sv.pp.split_counts(pbmc68k)
     sv.pp.normalize(pbmc68k, method="total", counts_layer="mcv_train", key_added="train_total")
     return pbmc68k
+
+
+@pytest.mark.parametrize(("method", "normalization"), [("scvgae", "sqrt"), ("gnnimpute", "total")])
+def test_each_method_on_its_own_pipeline_is_scored(pbmc_split, method, normalization):
+    sv.pp.normalize(pbmc_split, method=normalization, counts_layer="mcv_train", key_added="train_norm")
+    sv.tl.impute(
+        pbmc_split, method=method, layer="train_norm", counts_layer="mcv_train", max_epochs=2, progress_bar=False
+    )
+    scores = sv.tl.score_denoising(pbmc_split, method, key_added=f"{method}_denoising")
+    assert set(scores) == KEYS and np.isfinite([scores[k] for k in KEYS]).all()
+    assert pbmc_split.uns[f"{method}_denoising"] == scores
 
 
 def test_an_imputation_of_the_train_half_is_scored(pbmc_split):
@@ -297,3 +340,18 @@ def test_an_imputation_of_the_full_counts_is_refused(pbmc_split):
         pbmc_split, method="gnnimpute", layer="full_total", key_added="imp", max_epochs=2, progress_bar=False
     )
     _refused(pbmc_split, "imp", "counts_layer='counts'")
+
+
+def test_an_imputation_run_before_the_split_was_drawn_again_is_refused(pbmc_split):
+    sv.tl.impute(
+        pbmc_split,
+        method="gnnimpute",
+        layer="train_total",
+        counts_layer="mcv_train",
+        key_added="imp",
+        max_epochs=2,
+        progress_bar=False,
+    )
+    sv.pp.split_counts(pbmc_split, random_state=1)  # a new split: the imputation saw the old train half
+    sv.pp.normalize(pbmc_split, method="total", counts_layer="mcv_train", key_added="train_total")
+    _refused(pbmc_split, "imp", "was run before the split")
