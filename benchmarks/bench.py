@@ -7,6 +7,8 @@ One command runs everything and writes ``benchmarks/results/<name>.json`` and ``
     python benchmarks/bench.py --ablation              # scVGAE ablation table on pbmc3k
     python benchmarks/bench.py --quick                 # one dataset, one seed, few epochs
     python benchmarks/bench.py --methods none alra magic scvi --datasets pbmc68k pbmc3k --name peers
+    python benchmarks/bench.py --tasks denoising --methods none knn_log_2 pca_log magic --name denoise_peers
+    python benchmarks/bench.py --tasks denoising --methods scvgae --options output=denoised --name denoise_try
 
 Peers (``alra``, ``magic``, ``scvi``; ``benchmarks/peers.py``) run in a child interpreter of their own environment
 (MAGIC needs numpy < 2; see ``benchmarks/README.md``) on exactly the job's input layer and counts layer, and
@@ -24,6 +26,16 @@ clustering
 masked
     ``pp.filter`` → ``pp.normalize(method="total", key_added="total")`` → ``pp.mask_dropouts(layer="total")``
     → impute ``layer="masked", counts_layer="masked_counts"`` → ``tl.score_imputation(truth_layer="total")``.
+denoising
+    ``pp.filter`` → ``pp.split_counts(fraction=--fraction, random_state=seed)`` → each method on the train half
+    ``mcv_train`` only, on its default pipeline: scVGAE on ``pp.normalize(method="sqrt")`` of it, GNNImpute on
+    ``method="total"`` (``--pipelines total`` runs scVGAE on the linear ``total`` layer too), MAGIC / ALRA / scVI
+    on the ``total`` layer as the masked task gives it to them (``peers.py``), the model-free rivals
+    (``baselines.py``) on the ``total`` and ``log1p`` layers → ``tl.score_denoising`` (MCV loss, Pearson,
+    OpenProblems mse / poisson). ``--fraction 0.5`` is molecular cross-validation, ``0.9`` the OpenProblems split.
+
+Result files are appended to: a rerun with the same ``--name`` keeps the file's successful records and runs only
+the jobs it lacks (the default for ``--tasks denoising``, ``--resume`` for the others; ``--fresh`` starts over).
 """
 
 from __future__ import annotations
@@ -47,7 +59,8 @@ DATASETS = ("pbmc3k", "baron_mouse", "bladder")
 _PARALLEL = 1
 #: Methods run by ``benchmarks/peers.py`` in their own interpreter.
 PEERS = ("alra", "magic", "scvi")
-#: Model-free baselines (``explore_smoothing.knn_fill``): zeros filled with the 15-NN mean of the gene's non-zeros,
+#: Model-free baselines of the masked task (``baselines.knn_fill``): zeros filled with the 15-NN mean of the gene's
+#: non-zeros,
 #: ungated (as GNNImpute's ``fill_gate=0``) and gated as scVGAE's default (``fill_gate=0.4``). Seconds.
 #: The 2-step variants average over the cells a 2-step walk on that graph reaches (scVGAE's ``fill_hops=2``).
 #: Name -> (gate, steps).
@@ -58,6 +71,8 @@ BASELINES = {
     "knn_fill_2step_gated": (0.4, 2),
 }
 sys.path.insert(0, str(HERE))
+#: Our methods and the normalization of their default input layer in the denoising task.
+OURS_DEFAULT_LAYER = {"scvgae": "sqrt", "gnnimpute": "total"}
 
 #: scVGAE ablations (paper's Table 3 and our fixes): name -> options passed to tl.impute.
 ABLATIONS = {
@@ -149,6 +164,8 @@ def run_job(job: dict) -> dict:
     if job.get("max_epochs") is not None:
         options["max_epochs"] = job["max_epochs"]
     record = {**job, "n_obs": adata.n_obs, "n_vars": adata.n_vars}
+    if task == "denoising":
+        return _denoising_job(adata, job, record, options)
     if task == "clustering":
         sv.pp.normalize(adata)
         layer = "normalized"
@@ -178,7 +195,7 @@ def run_job(job: dict) -> dict:
         record["data_mb"] = base_mb
         layer = method
     elif method in BASELINES:
-        from explore_smoothing import knn_fill, log1p_layer
+        from baselines import knn_fill, log1p_layer
 
         # the graph on log1p of the masked task's linear layer, as the models build theirs
         graph_layer = log1p_layer(adata, "masked") if task == "masked" else impute_kw["layer"]
@@ -215,6 +232,110 @@ def run_job(job: dict) -> dict:
     else:
         s = sv.tl.score_imputation(adata, layer, truth_layer="total")
         record.update({k: v for k, v in s.items() if k in ("mse", "mae", "pearson", "cosine")})
+    return record
+
+
+def _train_layer(adata, method: str, counts_layer: str = "mcv_train") -> str:
+    """Normalize the split's train half with ``method`` (``pp.normalize``) into ``train_<method>``, once."""
+    import scvgae_sc as sv
+
+    key = f"train_{method}"
+    if key not in adata.layers:
+        sv.pp.normalize(adata, method=method, counts_layer=counts_layer, key_added=key)
+    return key
+
+
+def _denoising_job(adata, job: dict, record: dict, options: dict) -> dict:
+    """The denoising task (molecular cross-validation; DESIGN section 3) for one job."""
+    import baselines
+    import scvgae_sc as sv
+
+    method, seed = job["method"], job["seed"]
+    fraction = float(job.get("fraction", 0.5))
+    sv.pp.split_counts(adata, fraction=fraction, random_state=seed)
+    counts = "mcv_train"
+    layers = {"total": _train_layer(adata, "total"), "log1p": _train_layer(adata, "log1p")}
+    pipeline = job.get("pipeline") or "default"
+    record["fraction"], record["pipeline"] = fraction, pipeline
+    base_mb = peak_mb()
+    if method == "none":
+        layer = counts
+        record["input"] = counts
+    elif method in PEERS:
+        import peers
+
+        norm = adata.uns["scvgae_sc"]["normalize"]
+        Y, info = peers.impute(
+            method,
+            adata.layers[layers["total"]],
+            adata.layers[counts],
+            task="denoising",
+            seed=seed,
+            max_epochs=job.get("max_epochs"),
+            library_size=norm[layers["total"]]["target_sum"],
+            target_sqrt=None,
+        )
+        adata.layers[method] = Y
+        baselines.register(adata, method, method=method, layer=layers["total"], counts_layer=counts)
+        record.update(info)
+        record["data_mb"] = base_mb
+        record["input"] = "total"
+        layer = method
+    elif method in baselines.DENOISING_RIVALS:
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        info = baselines.run_rival(adata, method, layers=layers, counts_layer=counts, seed=seed)
+        record["seconds"] = time.perf_counter() - t0
+        record["cpu_seconds"] = cpu_seconds() - c0
+        record["peak_mb"] = peak_mb()
+        record["data_mb"] = base_mb
+        record["input"] = info["input"]
+        if "steps" in info:
+            record["steps"] = info["steps"]
+        if "rank" in info:  # pca_log: the inner-split rank, and (reported only) the rank best on the test half
+            target = adata.uns["scvgae_sc"]["normalize"][layers["log1p"]]["target_sum"]
+            test_curve = {
+                k: baselines.mcv_loss_log1p(R, target, adata.layers[counts], adata.layers["mcv_test"])
+                for k, R in info["lowrank"].reconstructions(baselines.PCA_RANKS)
+            }
+            best = min(test_curve, key=test_curve.get)
+            record["rank"] = int(info["rank"])
+            record["inner_curve"] = {str(k): round(v, 6) for k, v in info["inner_curve"].items()}
+            record["test_curve"] = {str(k): round(v, 6) for k, v in test_curve.items()}
+            record["rank_test_best"], record["mcv_test_best"] = int(best), float(test_curve[best])
+        layer = method
+    elif method in OURS_DEFAULT_LAYER:
+        norm = OURS_DEFAULT_LAYER[method] if pipeline == "default" else pipeline
+        if norm not in ("sqrt", "log1p", "total"):
+            raise SystemExit(f"unknown pipeline {pipeline!r}; use default, sqrt, log1p or total.")
+        input_layer = _train_layer(adata, norm)
+        record["input"] = norm
+        base_mb = peak_mb()
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        sv.tl.impute(
+            adata,
+            method=method,
+            layer=input_layer,
+            counts_layer=counts,
+            random_state=seed,
+            progress_bar=False,
+            **options,
+        )
+        record["seconds"] = time.perf_counter() - t0
+        record["cpu_seconds"] = cpu_seconds() - c0
+        record["peak_mb"] = peak_mb()
+        record["data_mb"] = base_mb
+        hist = adata.uns[method]["history"]
+        record["epochs"] = int(len(hist["loss"]))
+        if "best_epoch" in hist:
+            record["best_epoch"] = int(hist["best_epoch"])
+        layer = method
+    else:
+        raise SystemExit(
+            f"unknown method {method!r} for the denoising task; choose from none, {', '.join(PEERS)}, "
+            f"{', '.join(baselines.DENOISING_RIVALS)}, {', '.join(OURS_DEFAULT_LAYER)}."
+        )
+    s = sv.tl.score_denoising(adata, layer)
+    record.update({k: (int(v) if k == "n_cells" else float(v)) for k, v in s.items()})
     return record
 
 
@@ -292,10 +413,16 @@ _TABLES = {
 
 
 def summarize(records: list[dict], group: str = "method") -> str:
-    """Markdown tables (mean ± sd over seeds) of clustering and masked recovery per dataset."""
+    """Markdown tables (mean ± sd over seeds) of clustering and masked recovery per dataset, and the denoising
+    tables (``summary.denoising_section``: methods × datasets, its first line the wins on MCV)."""
     lines = []
+    denoising = [r for r in records if r.get("task") == "denoising" and "error" not in r]
+    if denoising:
+        from summary import denoising_section
+
+        lines.append(denoising_section(denoising))
     for ds in dict.fromkeys(r["dataset"] for r in records):
-        rs = [r for r in records if r["dataset"] == ds and "error" not in r]
+        rs = [r for r in records if r["dataset"] == ds and "error" not in r and r.get("task") != "denoising"]
         if not rs:
             continue
         lines.append(f"\n### {ds} ({rs[0]['n_obs']} × {rs[0]['n_vars']} after `pp.filter`)\n")
@@ -319,13 +446,67 @@ def summarize(records: list[dict], group: str = "method") -> str:
     return "\n".join(lines)
 
 
+def parse_options(items: list[str]) -> dict:
+    """``["output=denoised", "max_epochs=50"]`` -> ``{"output": "denoised", "max_epochs": 50}`` (JSON values, else
+    text)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--options takes KEY=VALUE pairs, got {item!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def job_id(r: dict) -> tuple:
+    """What makes a job: finished records with the same id are not run again when a result file is resumed."""
+    return (
+        r["dataset"],
+        r["seed"],
+        r["task"],
+        r["method"],
+        r.get("variant"),
+        r.get("fraction"),
+        r.get("pipeline"),
+        json.dumps(r.get("options") or {}, sort_keys=True),
+        r.get("max_epochs"),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=["none", "scvgae"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--tasks", nargs="+", default=["clustering", "masked"], choices=["clustering", "masked"])
+    p.add_argument(
+        "--tasks", nargs="+", default=["clustering", "masked"], choices=["clustering", "masked", "denoising"]
+    )
+    p.add_argument(
+        "--fraction",
+        nargs="+",
+        type=float,
+        default=[0.5],
+        help="denoising: train share of the molecule split (0.5 molecular cross-validation, 0.9 OpenProblems)",
+    )
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        default=["default"],
+        choices=["default", "sqrt", "log1p", "total"],
+        help="denoising: input layer of scvgae / gnnimpute (default: sqrt / total; 'total' = the linear layer)",
+    )
+    p.add_argument(
+        "--options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options passed to tl.impute for scvgae / gnnimpute (values read as JSON, else as text), "
+        "e.g. --options output=denoised max_epochs=50",
+    )
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--ablation", action="store_true", help="ablation table (on --datasets, default pbmc3k)")
     p.add_argument("--ablation-method", default="scvgae", choices=["scvgae", "gnnimpute"], help="method of --ablation")
@@ -340,8 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time (default 1: parallel jobs distort timings)")
     p.add_argument("--name", default=None, help="results file stem (default: scvgae / ablation / quick)")
     p.add_argument(
-        "--resume", action="store_true", help="keep the successful records of results/<name>.json, run the rest"
+        "--resume",
+        action="store_true",
+        help="keep the successful records of results/<name>.json and run only the missing jobs (the default when "
+        "every task is denoising)",
     )
+    p.add_argument("--fresh", action="store_true", help="overwrite results/<name>.json instead of appending to it")
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(run_job(json.loads(args.worker))))
@@ -349,6 +534,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.datasets, args.seeds, args.max_epochs = ["pbmc3k"], [0], args.max_epochs or 20
+    options = parse_options(args.options)
+
+    def variants(task: str, method: str) -> list[dict]:
+        """Per-task extras of a job: the split fraction and, for our methods, the input pipeline."""
+        if task != "denoising":
+            return [{}]
+        pipelines = ["default"]
+        if method in OURS_DEFAULT_LAYER:  # a pipeline naming the method's default layer is its default
+            own = OURS_DEFAULT_LAYER[method]
+            pipelines = list(dict.fromkeys("default" if pl == own else pl for pl in args.pipelines))
+        return [{"fraction": f, "pipeline": pl} for f in args.fraction for pl in pipelines]
+
     jobs = []
     if args.ablation:
         datasets = args.datasets if args.datasets != list(DATASETS) else ["pbmc3k"]
@@ -358,48 +555,51 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for task in args.tasks:
                     for name, opts in rows.items():
-                        jobs.append(
-                            {
-                                "dataset": ds,
-                                "seed": seed,
-                                "task": task,
-                                "method": args.ablation_method,
-                                "variant": name,
-                                "options": opts,
-                                "max_epochs": args.max_epochs,
-                                "threads": args.threads,
-                            }
-                        )
+                        for extra in variants(task, args.ablation_method):
+                            jobs.append(
+                                {
+                                    "dataset": ds,
+                                    "seed": seed,
+                                    "task": task,
+                                    "method": args.ablation_method,
+                                    "variant": name,
+                                    "options": {**opts, **options},
+                                    "max_epochs": args.max_epochs,
+                                    "threads": args.threads,
+                                    **extra,
+                                }
+                            )
         name, group = args.name or ("ablation" if args.ablation_method == "scvgae" else "ablation_gnnimpute"), "variant"
     else:
         for ds in args.datasets:
             for seed in args.seeds:
                 for task in args.tasks:
                     for method in args.methods:
-                        jobs.append(
-                            {
+                        for extra in variants(task, method):
+                            job = {
                                 "dataset": ds,
                                 "seed": seed,
                                 "task": task,
                                 "method": method,
                                 "max_epochs": args.max_epochs,
                                 "threads": args.threads,
+                                **extra,
                             }
-                        )
+                            if options and method in OURS_DEFAULT_LAYER:
+                                job["options"] = dict(options)
+                            jobs.append(job)
         name, group = args.name or ("quick" if args.quick else "scvgae"), "method"
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = ("python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     kept: list[dict] = []
-    if args.resume and (RESULTS / f"{name}.json").exists():
-
-        def ident(r: dict) -> tuple:
-            return (r["dataset"], r["seed"], r["task"], r["method"], r.get("variant"))
-
+    resume = not args.fresh and (args.resume or set(args.tasks) == {"denoising"})
+    if resume and (RESULTS / f"{name}.json").exists():
         old = json.loads((RESULTS / f"{name}.json").read_text())
-        kept = [r for r in old["records"] if "error" not in r and ident(r) in {ident(j) for j in jobs}]
-        jobs = [j for j in jobs if ident(j) not in {ident(r) for r in kept}]
-        cmd = old["command"].replace(" [partial: still running or stopped]", "") + " (resumed)"
+        kept = [r for r in old["records"] if "error" not in r]  # appended to: records of other jobs stay
+        jobs = [j for j in jobs if job_id(j) not in {job_id(r) for r in kept}]
+        old_cmd = old["command"].replace(" [partial: still running or stopped]", "")
+        cmd = old_cmd if cmd in old_cmd else f"{old_cmd} ; {cmd}"
         print(f"resuming {name}: {len(kept)} records kept, {len(jobs)} job(s) to run", flush=True)
     global _PARALLEL
     _PARALLEL = args.parallel
@@ -422,13 +622,13 @@ def main(argv: list[str] | None = None) -> int:
         for future in as_completed(futures):
             future.result()
             records = kept + [done[i] for i in sorted(done)]
-            m = m or machine(jobs)
+            m = m or machine(kept + jobs)
             partial = {"machine": m, "command": cmd + " [partial: still running or stopped]", "records": records}
             (RESULTS / f"{name}.json").write_text(json.dumps(partial, indent=1))
     records = kept + [done[i] for i in sorted(done)]
     total = time.perf_counter() - t_start
     md = [f"# Benchmark `{name}`\n", f"Command: `{cmd.strip()}` — total {total / 60:.1f} min.\n"]
-    m = m or machine(jobs)
+    m = m or machine(kept + jobs)
     md.append(
         f"Machine: {m['platform']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
         f"PyG {m['torch_geometric']}, scanpy {m['scanpy']}, scvgae-sc {m['scvgae_sc']}, CUDA: {m['cuda']}; "

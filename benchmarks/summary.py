@@ -5,6 +5,8 @@ One command runs everything and writes ``benchmarks/results/summary.md``, ``.jso
     python benchmarks/summary.py --run            # peers + scvgae + gnnimpute on 4 datasets, seeds 0 1 2 (hours)
     python benchmarks/summary.py --quick          # pbmc68k, seed 0, epochs capped at 20 (minutes)
     python benchmarks/summary.py                  # no runs: merge the result files that exist
+    python benchmarks/summary.py --denoising results/denoise_peers.json results/denoise_ours.json
+                                                  # the denoising task's tables -> results/denoise_summary.md
 
 ``--run`` calls ``bench.py`` once per group, each writing its own result file, so any group can be re-run
 alone (``--run --methods scvgae``) and merged with the others::
@@ -23,6 +25,12 @@ Merging: records are keyed by (dataset, seed, task, method); the first file list
 A *win* of method A against peer B on a (dataset, metric) cell: A's mean over its seeds is better than B's
 mean over its seeds (higher ARI / AMI / NMI / Pearson / cosine, lower MSE / MAE); cells where either has no
 result are not counted. The first line of ``summary.md`` gives these counts.
+
+Denoising task (``--denoising FILE...``; also the denoising section of ``bench.py``'s and ``--combine``'s ``.md``):
+one methods × datasets table per score (MCV loss, OpenProblems mse and poisson, Pearson, wall / CPU seconds, peak
+MB), mean ± sd over seeds, per split fraction. Its first line says, per method, on how many datasets its mean MCV
+loss beats MAGIC's and the best simple rival's (the lowest mean MCV among the k-NN averages and PCA of
+``baselines.py``; a rival is compared with the best of the others).
 """
 
 from __future__ import annotations
@@ -55,16 +63,35 @@ COST = [("seconds", "s", ".1f"), ("peak_mb", "peak MB", ".0f"), ("epochs", "epoc
 RIVALS = ("magic", "scvi", *BASELINE_METHODS)
 
 
+def record_key(r: dict) -> tuple:
+    """(dataset, seed, task, method), and for the denoising task also the variant, split fraction, pipeline,
+    options and epoch cap (``bench.job_id``)."""
+    if r.get("task") != "denoising":
+        return (r["dataset"], r["seed"], r["task"], r["method"])
+    return (
+        r["dataset"],
+        r["seed"],
+        r["task"],
+        r["method"],
+        r.get("variant"),
+        r.get("fraction"),
+        r.get("pipeline"),
+        json.dumps(r.get("options") or {}, sort_keys=True),
+        r.get("max_epochs"),
+    )
+
+
 def load_records(paths: list[Path]) -> tuple[list[dict], dict]:
-    """Records of the result files, first file winning duplicate (dataset, seed, task, method) keys."""
+    """Records of the result files, first file winning duplicate keys (:func:`record_key`). Ablation variants
+    are left out, except in the denoising task, where they are rows of their own."""
     seen, records, machines = set(), [], {}
     for path in paths:
         data = json.loads(path.read_text())
         machines[path.name] = {"machine": data.get("machine"), "command": data.get("command")}
         for r in data["records"]:
-            if "error" in r or "variant" in r:
+            if "error" in r or ("variant" in r and r.get("task") != "denoising"):
                 continue
-            key = (r["dataset"], r["seed"], r["task"], r["method"])
+            key = record_key(r)
             if key not in seen:
                 seen.add(key)
                 records.append(r)
@@ -75,6 +102,8 @@ def table(records: list[dict]) -> dict:
     """``{dataset: {task: {method: {metric: {"mean", "sd", "n"}}}}}`` plus the shape of each dataset."""
     out: dict = {}
     for r in records:
+        if r["task"] not in ("clustering", "masked"):  # the denoising task has its own tables (denoising_section)
+            continue
         ds = out.setdefault(r["dataset"], {"shape": [r["n_obs"], r["n_vars"]]})
         ds.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
     for ds in out.values():
@@ -276,6 +305,219 @@ def plot(tab: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------------------------------
+# denoising task (molecular cross-validation and the OpenProblems scores)
+# --------------------------------------------------------------------------------------------------
+
+#: The model-free rivals of the denoising task (``baselines.DENOISING_RIVALS``): "the best simple rival" of a
+#: dataset is the one of these with the lowest mean MCV loss there.
+SIMPLE_RIVALS = ("knn_lin_1", "knn_lin_2", "knn_lin_3", "knn_log_1", "knn_log_2", "knn_log_3", "pca_log")
+DENOISING_ORDER = ("none", *SIMPLE_RIVALS, "magic", "alra", "scvi", *OURS)
+#: (key, heading, higher is better, format)
+DENOISING = [
+    ("mcv", "MCV loss", False, ".4f"),
+    ("op_mse", "OpenProblems mse", False, ".4f"),
+    ("op_poisson", "OpenProblems poisson", False, ".4f"),
+    ("pearson", "Pearson", True, ".4f"),
+    ("seconds", "wall s", False, ".1f"),
+    ("cpu_seconds", "CPU s", False, ".1f"),
+    ("peak_mb", "peak MB", False, ".0f"),
+]
+
+
+def denoising_label(r: dict) -> str:
+    """Row name of a denoising record: the method, an ablation variant after a colon, a non-default input
+    pipeline in brackets, options in parentheses."""
+    name = r["method"] + (f": {r['variant']}" if r.get("variant") else "")
+    if r.get("pipeline") not in (None, "default"):
+        name += f" [{r['pipeline']}]"
+    if r.get("options") and not r.get("variant"):
+        name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(r["options"].items())) + ")"
+    if r.get("max_epochs"):
+        name += f" ({r['max_epochs']} epochs)"
+    return name
+
+
+def denoising_table(records: list[dict]) -> dict:
+    """``{fraction: {dataset: {label: {"seeds", metric: {"mean", "sd", "n"}, ...}}}}`` of the denoising records,
+    plus ``"shape"`` per dataset and, for ``pca_log``, the ranks chosen and best on the test half."""
+    groups: dict = {}
+    for r in records:
+        if r.get("task") != "denoising" or "error" in r:
+            continue
+        f = float(r.get("fraction", 0.5))
+        ds = groups.setdefault(f, {}).setdefault(r["dataset"], {"shape": [r["n_obs"], r["n_vars"]], "rows": {}})
+        ds["rows"].setdefault(denoising_label(r), []).append(r)
+    out: dict = {}
+    for f, datasets in groups.items():
+        for ds, d in datasets.items():
+            rows = {}
+            for label, rs in d["rows"].items():
+                cell: dict = {"seeds": sorted(r["seed"] for r in rs), "method": rs[0]["method"]}
+                for key, *_ in DENOISING + [("mcv_test_best",), ("rank",), ("rank_test_best",)]:
+                    v = np.asarray([r[key] for r in rs if r.get(key) is not None], dtype=float)
+                    if v.size:
+                        cell[key] = {
+                            "mean": float(v.mean()),
+                            "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+                            "n": int(v.size),
+                        }
+                if any("rank" in r for r in rs):
+                    cell["ranks"] = {str(r["seed"]): [r["rank"], r.get("rank_test_best")] for r in rs if "rank" in r}
+                rows[label] = cell
+            out.setdefault(f, {})[ds] = {"shape": d["shape"], "rows": rows}
+    return out
+
+
+def _mcv(cell: dict | None) -> float | None:
+    return cell["mcv"]["mean"] if cell and "mcv" in cell else None
+
+
+def best_simple_rival(rows: dict, exclude: str | None = None) -> str | None:
+    """The simple rival (``SIMPLE_RIVALS``, default options) with the lowest mean MCV loss among ``rows``."""
+    cands = [(_mcv(rows[m]), m) for m in SIMPLE_RIVALS if m in rows and m != exclude and _mcv(rows[m]) is not None]
+    return min(cands)[1] if cands else None
+
+
+def denoising_wins(tab_f: dict) -> dict:
+    """Per row label: datasets where its mean MCV beats MAGIC's, and the best simple rival's (itself excluded),
+    out of the datasets where both have results."""
+    labels = list(dict.fromkeys(lbl for d in tab_f.values() for lbl in d["rows"]))
+    out = {}
+    for label in labels:
+        w = {"magic": [0, 0, []], "rival": [0, 0, []]}
+        for ds, d in tab_f.items():
+            mine = _mcv(d["rows"].get(label))
+            if mine is None:
+                continue
+            magic = _mcv(d["rows"].get("magic"))
+            if label != "magic" and magic is not None:
+                w["magic"][1] += 1
+                if mine < magic:
+                    w["magic"][0] += 1
+                    w["magic"][2].append(ds)
+            best = best_simple_rival(d["rows"], exclude=label)
+            if best is not None:
+                w["rival"][1] += 1
+                if mine < _mcv(d["rows"][best]):
+                    w["rival"][0] += 1
+                    w["rival"][2].append(ds)
+        out[label] = {
+            "beats_magic": w["magic"][0],
+            "vs_magic": w["magic"][1],
+            "beats_magic_on": w["magic"][2],
+            "beats_best_rival": w["rival"][0],
+            "vs_best_rival": w["rival"][1],
+            "beats_best_rival_on": w["rival"][2],
+        }
+    return out
+
+
+def _order(label: str) -> tuple:
+    base = label.split(":")[0].split(" ")[0]
+    return (DENOISING_ORDER.index(base) if base in DENOISING_ORDER else 99, label)
+
+
+def denoising_wins_line(tab: dict) -> str:
+    """One line: per method and split, on how many datasets it beats MAGIC and the best simple rival on MCV."""
+    parts = []
+    for f in sorted(tab):
+        win = denoising_wins(tab[f])
+        items = []
+        for label in sorted(win, key=_order):
+            w = win[label]
+            magic = f"MAGIC {w['beats_magic']}/{w['vs_magic']}" if w["vs_magic"] else "MAGIC –"
+            items.append(f"{label} {magic}, best simple rival {w['beats_best_rival']}/{w['vs_best_rival']}")
+        parts.append(f"split {f:g}: " + "; ".join(items))
+    return (
+        "**Denoising, datasets where the method's MCV loss beats MAGIC / the best simple rival** (mean over seeds, "
+        "lower is better; the best simple rival is, per dataset, the lowest of the k-NN averages and PCA; a rival "
+        "is compared with the best of the others) — " + " — ".join(parts) + "."
+    )
+
+
+def denoising_section(records: list[dict]) -> str:
+    """Markdown: the wins line first, then per split fraction one methods × datasets table per score."""
+    tab = denoising_table(records)
+    if not tab:
+        return ""
+    lines = [denoising_wins_line(tab), ""]
+    for f in sorted(tab):
+        datasets = sorted(tab[f], key=lambda d: DATASETS.index(d) if d in DATASETS else 99)
+        what = "molecular cross-validation" if f == 0.5 else "the OpenProblems denoising split" if f == 0.9 else ""
+        lines += [
+            f"## Denoising, split {f:g}" + (f" ({what})" if what else ""),
+            "",
+            "Mean ± sd over seeds (seeds per cell in the last table). Each method sees only the train half; "
+            "scores against the test half by `tl.score_denoising`. Bold: best score of the column.",
+            "",
+        ]
+        labels = sorted({lbl for d in datasets for lbl in tab[f][d]["rows"]}, key=_order)
+        heads = [f"{d} ({tab[f][d]['shape'][0]} × {tab[f][d]['shape'][1]})" for d in datasets]
+        for key, head, higher, fmt in DENOISING:
+            if not any(key in tab[f][d]["rows"].get(lbl, {}) for d in datasets for lbl in labels):
+                continue
+            best = {}
+            if key in ("mcv", "op_mse", "op_poisson", "pearson"):
+                for d in datasets:
+                    vals = [(c[key]["mean"], m) for m, c in tab[f][d]["rows"].items() if key in c]
+                    if vals:
+                        best[d] = (max if higher else min)(vals)[1]
+            lines += [f"{head}:", "", "| method | " + " | ".join(heads) + " |", "|" + " --- |" * (len(heads) + 1)]
+            for lbl in labels:
+                cells = [
+                    _fmt(tab[f][d]["rows"].get(lbl, {}).get(key), fmt, bold=best.get(d) == lbl) for d in datasets
+                ]
+                lines.append(f"| {lbl} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += ["Seeds:", "", "| method | " + " | ".join(datasets) + " |", "|" + " --- |" * (len(datasets) + 1)]
+        for lbl in labels:
+            cells = [
+                ",".join(map(str, tab[f][d]["rows"][lbl]["seeds"])) if lbl in tab[f][d]["rows"] else "–"
+                for d in datasets
+            ]
+            lines.append(f"| {lbl} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for d in datasets:
+            rows = tab[f][d]["rows"]
+            best = best_simple_rival(rows)
+            note = f"- {d}: no simple rival"
+            if best:
+                note = f"- {d}: best simple rival {best} (MCV {_mcv(rows[best]):.4f})"
+            pca = rows.get("pca_log")
+            if pca and "ranks" in pca:
+                ranks = ", ".join(f"seed {s}: {a} / {b}" for s, (a, b) in sorted(pca["ranks"].items()))
+                note += (
+                    f"; pca_log rank chosen on the inner split / best on the test half: {ranks} (MCV at the "
+                    f"test-best rank {_fmt(pca.get('mcv_test_best'), '.4f')})"
+                )
+            lines.append(note + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def denoising_summary(files: list[Path], name: str) -> None:
+    """Merge denoising result files into ``results/NAME.md`` (first line: the wins) and ``.json``."""
+    records, machines = load_records(files)
+    records = [r for r in records if r.get("task") == "denoising"]
+    if not records:
+        raise SystemExit("no denoising records in " + ", ".join(str(f) for f in files))
+    tab = denoising_table(records)
+    body = denoising_section(records)
+    first, _, rest = body.partition("\n")
+    md = [first, "", f"# Denoising benchmark `{name}`", "", "Inputs:", ""]
+    md += [f"- `{n}`: `{info['command']}`" for n, info in machines.items()]
+    md += ["", rest.lstrip("\n")]
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    win = {f"{f:g}": denoising_wins(t) for f, t in tab.items()}
+    table_json = {f"{f:g}": t for f, t in tab.items()}
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"inputs": machines, "wins": win, "table": table_json}, indent=1)
+    )
+    print("\n".join(md))
+    print(f"wrote {RESULTS / name}.md / .json")
+
+
 def run_bench(methods: list[str], name: str, datasets: list[str], seeds: list[int], max_epochs: int | None) -> None:
     cmd = [sys.executable, str(HERE / "bench.py"), "--methods", *methods, "--datasets", *datasets, "--seeds"]
     cmd += [str(s) for s in seeds] + ["--name", name]
@@ -324,12 +566,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--inputs", nargs="+", type=Path, default=None, help="result files to merge (default: see above)")
     p.add_argument("--combine", nargs="+", metavar=("NAME", "FILE"), help="merge FILEs into results/NAME.json")
+    p.add_argument(
+        "--denoising",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="denoising tables of these result files into results/<--name, default denoise_summary>.md / .json",
+    )
     p.add_argument("--name", default=None, help="output stem (default summary, or summary_quick)")
     p.add_argument("--note", default=None, help="a paragraph put under the title (e.g. how the runs were split)")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.combine:
         combine(args.combine[0], [Path(f) for f in args.combine[1:]])
+        return 0
+    if args.denoising:
+        denoising_summary(args.denoising, args.name or "denoise_summary")
         return 0
 
     prefix = ""

@@ -1,9 +1,8 @@
-"""The benchmark's model-free baseline (benchmarks/explore_smoothing.py::knn_fill)."""
+"""The masked task's model-free baseline (benchmarks/baselines.py::knn_fill)."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,9 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def smoothing():
-    sys.path.insert(0, str(BENCH))  # explore_smoothing imports bench
-    try:
-        spec = importlib.util.spec_from_file_location("bench_smoothing", BENCH / "explore_smoothing.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
+    spec = importlib.util.spec_from_file_location("bench_baselines", BENCH / "baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
