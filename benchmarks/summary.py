@@ -413,9 +413,11 @@ def denoising_wins(tab_f: dict) -> dict:
     return out
 
 
-def _order(label: str) -> tuple:
+def _order(label: str) -> int:
+    """Rank of a row label's method in ``DENOISING_ORDER`` (stable sorts keep the rows of one method in the order
+    they were run)."""
     base = label.split(":")[0].split(" ")[0]
-    return (DENOISING_ORDER.index(base) if base in DENOISING_ORDER else 99, label)
+    return DENOISING_ORDER.index(base) if base in DENOISING_ORDER else 99
 
 
 def denoising_wins_line(tab: dict) -> str:
@@ -452,7 +454,7 @@ def denoising_section(records: list[dict]) -> str:
             "scores against the test half by `tl.score_denoising`. Bold: best score of the column.",
             "",
         ]
-        labels = sorted({lbl for d in datasets for lbl in tab[f][d]["rows"]}, key=_order)
+        labels = sorted(dict.fromkeys(lbl for d in datasets for lbl in tab[f][d]["rows"]), key=_order)
         heads = [f"{d} ({tab[f][d]['shape'][0]} × {tab[f][d]['shape'][1]})" for d in datasets]
         for key, head, higher, fmt in DENOISING:
             if not any(key in tab[f][d]["rows"].get(lbl, {}) for d in datasets for lbl in labels):
@@ -551,7 +553,11 @@ def combine(name: str, files: list[Path]) -> None:
         f"\nRun time recorded by the parts that ran to their end: {total / 60:.1f} min (a stopped part records none; "
         "parts may have run at the same time).\n"
     )
-    md.append(summarize(records))
+    body = summarize(records)
+    if body.startswith("**Denoising"):  # the denoising wins line is the file's first line
+        first, _, body = body.partition("\n")
+        md.insert(0, first + "\n")
+    md.append(body)
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     print(f"wrote {RESULTS / name}.json / .md ({len(records)} records)")
 
