@@ -29,7 +29,7 @@ masked
 denoising
     ``pp.filter`` → ``pp.split_counts(fraction=--fraction, random_state=seed)`` → each method on the train half
     ``mcv_train`` only, on its default pipeline: scVGAE on ``pp.normalize(method="sqrt")`` of it, GNNImpute on
-    ``method="total"`` (``--pipelines total`` runs scVGAE on the linear ``total`` layer too), MAGIC / ALRA / scVI
+    ``method="total"`` (``--pipelines default total`` adds scVGAE on the linear ``total`` layer), MAGIC / ALRA / scVI
     on the ``total`` layer as the masked task gives it to them (``peers.py``), the model-free rivals
     (``baselines.py``) on the ``total`` and ``log1p`` layers → ``tl.score_denoising`` (MCV loss, Pearson,
     OpenProblems mse / poisson). ``--fraction 0.5`` is molecular cross-validation, ``0.9`` the OpenProblems split.
@@ -60,8 +60,7 @@ _PARALLEL = 1
 #: Methods run by ``benchmarks/peers.py`` in their own interpreter.
 PEERS = ("alra", "magic", "scvi")
 #: Model-free baselines of the masked task (``baselines.knn_fill``): zeros filled with the 15-NN mean of the gene's
-#: non-zeros,
-#: ungated (as GNNImpute's ``fill_gate=0``) and gated as scVGAE's default (``fill_gate=0.4``). Seconds.
+#: non-zeros, ungated (as GNNImpute's ``fill_gate=0``) and gated as scVGAE's default (``fill_gate=0.4``). Seconds.
 #: The 2-step variants average over the cells a 2-step walk on that graph reaches (scVGAE's ``fill_hops=2``).
 #: Name -> (gate, steps).
 BASELINES = {
