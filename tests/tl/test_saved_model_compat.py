@@ -29,6 +29,11 @@ def test_model_saved_before_loads_and_predicts_the_same(adata, method):
     assert model.method == method
     imputed = model.predict(adata, device="cpu")
     np.testing.assert_allclose(imputed, np.load(SAVED / f"{method}_imputed.npy"), rtol=1e-5, atol=1e-6)
+    latent = model.get_latent_representation(adata, device="cpu")
+    assert latent.shape == (adata.n_obs, {"scvgae": 8, "gnnimpute": 4}[method])  # the saved models' widths
+    again = adata.copy()
+    model.impute(again, device="cpu")
+    np.testing.assert_array_equal(again.obsm[f"X_{method}"], latent)
 
 
 def test_unreadable_model_is_refused_clearly(tmp_path):

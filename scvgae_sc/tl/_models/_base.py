@@ -115,7 +115,7 @@ class ImputationModel:
     dense_copies_host: ClassVar[float] = 4
     #: Whether writing the output to a file saves one dense copy (subgraph prediction written chunk by chunk).
     streams_output: ClassVar[bool] = False
-    #: ``batching="auto"`` trains on subgraphs above this many cells (``None``: only when memory is short).
+    #: Above this many cells, ``batching="auto"`` trains on subgraphs; with ``None`` only the memory budget decides.
     subgraph_min_cells: ClassVar[int | None] = None
     #: Position of the method in listings (:meth:`methods`).
     listing_order: ClassVar[int] = 100
@@ -434,6 +434,31 @@ class ImputationModel:
         """
         imputed, _, _ = self._run(adata, device, max_memory)
         return imputed
+
+    def get_latent_representation(
+        self,
+        adata: AnnData,
+        *,
+        device: str = "auto",
+        max_memory: float | None = None,
+    ) -> np.ndarray:
+        """The latent representation of ``adata``'s cells (what :func:`~scvgae_sc.tl.impute` writes to ``obsm``).
+
+        Parameters
+        ----------
+        adata
+            The cells and genes the model was trained on (checked by name and order).
+        device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        max_memory
+            Bytes the dense copies may take (``None``: the memory available).
+
+        Returns
+        -------
+        ``(n_obs, n_latent)`` float32 array; ``adata`` is not changed.
+        """
+        _, latent, _ = self._run(adata, device, max_memory)
+        return latent
 
     def impute(
         self,

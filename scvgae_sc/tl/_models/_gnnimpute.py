@@ -23,6 +23,7 @@ from .._common import (
 )
 from .._output import finish_blocks
 from ._base import ImputationModel, ImputeResult
+from ._gnnimpute_subgraph import graph_forward
 from ._options import GNNImputeOptions, check_split
 from ._plans import GNNImputePlan
 
@@ -234,12 +235,7 @@ def predict_gnnimpute(
     try:
         with torch.no_grad():
             # without size factors the decoder output is on the input layer's scale
-            if batching == "subgraph":
-                from ._gnnimpute_subgraph import forward_chunked
-
-                out = forward_chunked(module, x, graph, chunk=chunk)
-            else:
-                out = module(x, edge_index)
+            out = graph_forward(module, x, edge_index, graph, batching=batching, chunk=chunk)
     finally:
         module.train(was_training)
     pred = out["recon"].float().clamp_min(0)
@@ -357,36 +353,38 @@ class _GNNImputeRun:
     """The resolved settings of one GNNImpute training: every ``"auto"`` option decided here, once."""
 
     def __init__(self, options: GNNImputeOptions, shape, max_epochs, normalization, random_state) -> None:
-        self.opts = opts = options.as_dict()
+        self.options = o = options
         self.n_cells, self.n_genes = shape
         self.n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
         self.random_state = random_state
         rng = np.random.default_rng(random_state)
-        self.train_cells, self.val_cells, self.test_cells = split_cells(self.n_cells, check_split(opts["split"]), rng)
+        cells = split_cells(self.n_cells, check_split(o.training.split), rng)
+        self.train_cells, self.val_cells, self.test_cells = cells
         self.n_train, self.n_val = int(self.train_cells.sum()), int(self.val_cells.sum())
         self.n_test = int(self.test_cells.sum())
-        self.mask_rate, self.mask_weight = float(opts["mask_rate"]), float(opts["mask_weight"])
+        self.mask_rate, self.mask_weight = float(o.training.mask_rate), float(o.training.mask_weight)
         self.use_mask = self.mask_rate > 0 and self.mask_weight > 0
-        self.batching = GNNImputeModel.resolve_batching(opts["batching"], *shape, "cpu", None)
-        self.chunk = min(int(opts["batch_size"]), self.n_cells)
-        self.gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
-        self.fill_hops = int(opts["fill_hops"])
-        graph_fill = opts["graph_fill"] if opts["graph_fill"] != "auto" else normalization == "total"
+        self.batching = GNNImputeModel.resolve_batching(o.training.batching, *shape, "cpu", None)
+        self.chunk = min(int(o.training.batch_size), self.n_cells)
+        self.gate = float(o.output.fill_gate) if o.output.output == "fill" else 0.0
+        self.fill_hops = int(o.output.fill_hops)
+        graph_fill = o.output.graph_fill if o.output.graph_fill != "auto" else normalization == "total"
         self.graph_fill = (
-            bool(graph_fill) and opts["output"] == "fill" and opts["fill_scale"] != "none" and self.use_mask
+            bool(graph_fill) and o.output.output == "fill" and o.output.fill_scale != "none" and self.use_mask
         )
-        self.fit_fill = opts["output"] == "fill" and self.use_mask and (opts["fill_scale"] == "fit" or self.graph_fill)
-        patience = opts["patience"]
+        fit = o.output.fill_scale == "fit" or self.graph_fill
+        self.fit_fill = o.output.output == "fill" and self.use_mask and fit
+        patience = o.training.patience
         if patience == "auto":
             patience = PATIENCE_GRAPH_FILL if self.graph_fill else PATIENCE
         self.patience = int(patience)
         self.module_kwargs = {
             "n_genes": self.n_genes,
-            "hidden": opts["hidden"],
-            "latent": opts["latent"],
-            "heads": opts["heads"],
-            "dropout": float(opts["dropout"]),
-            "attention_dropout": float(opts["attention_dropout"]),
+            "hidden": o.architecture.hidden,
+            "latent": o.architecture.latent,
+            "heads": o.architecture.heads,
+            "dropout": float(o.architecture.dropout),
+            "attention_dropout": float(o.architecture.attention_dropout),
             "add_self_loops": True,
         }
 
@@ -396,9 +394,9 @@ class _GNNImputeRun:
         if provided_graph is not None and provided_graph[0].shape != (n, n):
             shape = provided_graph[0].shape
             raise ValueError(f"The graph is {shape[0]} × {shape[1]}, but the data has {n} cells.")
-        if provided_graph is None and self.opts["n_neighbors"] >= n:
+        if provided_graph is None and self.options.graph.n_neighbors >= n:
             raise ValueError(
-                f"n_neighbors={self.opts['n_neighbors']} (the cell itself included) needs more than {n} cells; "
+                f"n_neighbors={self.options.graph.n_neighbors} (the cell itself included) needs more than {n} cells; "
                 "lower n_neighbors."
             )
         from ...nn import rank, world_size
@@ -417,27 +415,27 @@ class _GNNImputeRun:
 
         return Trainer(
             model,
-            lr=float(self.opts["lr"]),
-            weight_decay=float(self.opts["weight_decay"]),
+            lr=float(self.options.training.lr),
+            weight_decay=float(self.options.training.weight_decay),
             max_epochs=self.n_epochs,
             device=dev,
             early_stopping=True,
             patience=self.patience,
-            progress_bar=progress_enabled(self.opts["progress_bar"]),
+            progress_bar=progress_enabled(self.options.training.progress_bar),
             random_state=self.random_state,
-            precision=self.opts["precision"],
+            precision=self.options.training.precision,
         )
 
     def predict_kwargs(self, scale: float, graph_weight: float) -> dict[str, Any]:
         """The prediction settings (saved with the model)."""
-        kwargs = {"output": self.opts["output"], "fill_gate": self.gate, "fill_scale": float(scale)}
+        kwargs = {"output": self.options.output.output, "fill_gate": self.gate, "fill_scale": float(scale)}
         kwargs.update(batching=self.batching, fill_hops=self.fill_hops, graph_weight=float(graph_weight))
         kwargs.update(fill_symmetric=True, chunk=self.chunk)
         return kwargs
 
     def params(self, scale: float, graph_weight: float, precision: str) -> dict[str, Any]:
         """The flat parameters written to ``uns[key]["params"]``."""
-        params = {k: v for k, v in self.opts.items() if k not in ("progress_bar",)}
+        params = {k: v for k, v in self.options.as_dict().items() if k not in ("progress_bar",)}
         params.update(max_epochs_used=self.n_epochs, n_train=self.n_train, n_val=self.n_val)
         params["batching_used"] = self.batching
         params["precision_used"] = precision
@@ -460,10 +458,10 @@ def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
         random_state=run.random_state,
         info={"input": "log1p"},
         batch=batch_labels,
-        batch_mode=run.opts["batch_mode"],
+        batch_mode=run.options.graph.batch_mode,
         method="knn",
-        n_neighbors=run.opts["n_neighbors"],
-        n_pcs=run.opts["n_pcs"],
+        n_neighbors=run.options.graph.n_neighbors,
+        n_pcs=run.options.graph.n_pcs,
         self_loops=True,
         normalize="row",
     )

@@ -145,3 +145,15 @@ def forward_chunked(module, x, graph: sparse.spmatrix, size_factors=None, *, chu
             r = r * size_factors[sl].to(r.dtype).unsqueeze(1)
         recon[sl] = r
     return {"recon": recon, "z": z}
+
+
+def graph_forward(module, x, edge_index, graph: sparse.spmatrix, factors=None, *, batching: str, chunk: int):
+    """The whole-graph forward of training's data path: one pass (``"full"``) or chunks of cells (``"subgraph"``).
+
+    The one forward of validation, the fill's calibration and prediction: chunked with ``batching="subgraph"``,
+    where whole-graph attention messages would dominate the memory (:func:`forward_chunked`, the same numbers).
+    """
+    if batching == "subgraph":
+        return forward_chunked(module, x, graph, factors, chunk=chunk)
+    return module(x, edge_index, factors)
+

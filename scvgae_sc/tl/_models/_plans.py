@@ -202,11 +202,10 @@ class GNNImputePlan:
 
     def forward(self, module, x_in, factors=None):
         """The whole-graph forward (chunked with ``batching="subgraph"``: attention messages per chunk only)."""
-        if self.batching == "subgraph":
-            from ._gnnimpute_subgraph import forward_chunked
+        from ._gnnimpute_subgraph import graph_forward
 
-            return forward_chunked(module, x_in, self.graph, factors, chunk=self.chunk)
-        return module(x_in, self.edge_index, factors)
+        graph, batching = self.graph, self.batching
+        return graph_forward(module, x_in, self.edge_index, graph, factors, batching=batching, chunk=self.chunk)
 
     def __call__(self, module, epoch: int):
         """The ``train_step`` of :class:`~scvgae_sc.nn.Trainer` (whole graph; see :meth:`train_step`)."""

@@ -344,47 +344,47 @@ class _SCVGAERun:
     """The resolved settings of one scVGAE training: every ``"auto"`` option decided here, once."""
 
     def __init__(self, options: SCVGAEOptions, shape, max_epochs, normalization, random_state) -> None:
-        self.opts = opts = options.as_dict()
+        self.options = o = options
         self.n_cells, self.n_genes = shape
         self.n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
         self.random_state = random_state
-        transform = opts["transform"]
+        transform = o.training.transform
         if transform == "auto":
             transform = "log1p" if normalization == "total" else "none"
         self.transform = transform
         # tl.impute decides "auto" with the memory budget; a direct call decides by size
-        self.batching = SCVGAEModel.resolve_batching(opts["batching"], *shape, "cpu", None)
-        self.mask_rate, self.mask_weight = float(opts["mask_rate"]), float(opts["mask_weight"])
+        self.batching = SCVGAEModel.resolve_batching(o.training.batching, *shape, "cpu", None)
+        self.mask_rate, self.mask_weight = float(o.training.mask_rate), float(o.training.mask_weight)
         n = self.n_cells
-        self.batch_size = n if not opts["batch_size"] else min(int(opts["batch_size"]), n)
-        self.gate = float(opts["fill_gate"]) if opts["output"] == "fill" else 0.0
+        self.batch_size = n if not o.training.batch_size else min(int(o.training.batch_size), n)
+        self.gate = float(o.output.fill_gate) if o.output.output == "fill" else 0.0
         self.chunk = self.batch_size
-        fit_scale = opts["fill_scale"] == "fit" or (opts["fill_scale"] == "auto" and transform == "log1p")
-        self.fit_scale = fit_scale and opts["output"] == "fill" and self.mask_rate > 0
-        self.graph_fill = bool(opts["graph_fill"]) and self.fit_scale
-        self.fill_hops = int(opts["fill_hops"])
+        fit_scale = o.output.fill_scale == "fit" or (o.output.fill_scale == "auto" and transform == "log1p")
+        self.fit_scale = fit_scale and o.output.output == "fill" and self.mask_rate > 0
+        self.graph_fill = bool(o.output.graph_fill) and self.fit_scale
+        self.fill_hops = int(o.output.fill_hops)
         self.module_kwargs = {
             "n_genes": self.n_genes,
             "n_cells": self.n_cells,
-            "hidden": opts["hidden"],
-            "variational": opts["variational"],
-            "decoder_input": opts["decoder_input"],
-            "heads": opts["heads"],
-            "add_back": opts["add_back"],
-            "add_back_init": float(opts["add_back_init"]),
-            "decoder_hidden": opts["decoder_hidden"],
+            "hidden": o.architecture.hidden,
+            "variational": o.architecture.variational,
+            "decoder_input": o.architecture.decoder_input,
+            "heads": o.architecture.heads,
+            "add_back": o.architecture.add_back,
+            "add_back_init": float(o.architecture.add_back_init),
+            "decoder_hidden": o.architecture.decoder_hidden,
             "cached": True,
         }
 
     def check(self, provided_graph) -> None:
         """Refuse what cannot train: too few cells for the graph, a variational model on subgraphs."""
-        opts = self.opts
-        if provided_graph is None and opts["graph"] == "knn" and self.n_cells < opts["n_neighbors"] + 1:
+        o = self.options
+        if provided_graph is None and o.graph.graph == "knn" and self.n_cells < o.graph.n_neighbors + 1:
             raise ValueError(
-                f"{self.n_cells} cells are too few for a graph with n_neighbors={opts['n_neighbors']}; "
+                f"{self.n_cells} cells are too few for a graph with n_neighbors={o.graph.n_neighbors}; "
                 "lower n_neighbors (at least n_neighbors + 1 cells are needed)."
             )
-        if self.batching == "subgraph" and opts["variational"]:
+        if self.batching == "subgraph" and o.architecture.variational:
             raise ValueError(
                 "variational=True needs the whole graph in every step (its mu / logvar layers propagate again); "
                 "use batching='full', or variational=False for subgraph mini-batches."
@@ -392,19 +392,19 @@ class _SCVGAERun:
 
     def graph(self, provided_graph, Xm, batch_labels):
         """The graph to train on and its description (see :func:`~scvgae_sc.tl._common.resolve_graph`)."""
-        opts = self.opts
+        o = self.options
         graph_kwargs = (
-            {"n_neighbors": opts["n_neighbors"], "n_pcs": opts["n_pcs"]}
-            if opts["graph"] == "knn"
-            else {"percentile": opts["percentile"]}
+            {"n_neighbors": o.graph.n_neighbors, "n_pcs": o.graph.n_pcs}
+            if o.graph.graph == "knn"
+            else {"percentile": o.graph.percentile}
         )
         return resolve_graph(
             provided_graph,
             Xm,
             random_state=self.random_state,
             batch=batch_labels,
-            batch_mode=opts["batch_mode"],
-            method=opts["graph"],
+            batch_mode=o.graph.batch_mode,
+            method=o.graph.graph,
             **graph_kwargs,
         )
 
@@ -414,21 +414,21 @@ class _SCVGAERun:
 
         return Trainer(
             model,
-            lr=float(self.opts["lr"]),
-            weight_decay=float(self.opts["weight_decay"]),
+            lr=float(self.options.training.lr),
+            weight_decay=float(self.options.training.weight_decay),
             max_epochs=self.n_epochs,
             device=dev,
-            progress_bar=progress_enabled(self.opts["progress_bar"]),
+            progress_bar=progress_enabled(self.options.training.progress_bar),
             random_state=self.random_state,
-            precision=self.opts["precision"],
+            precision=self.options.training.precision,
         )
 
     @property
     def loss_kwargs(self) -> dict[str, float]:
         """The arguments of :meth:`~scvgae_sc.nn.SCVGAE.loss` besides the data."""
         return {
-            "alpha": float(self.opts["alpha"]),
-            "kl_weight": float(self.opts["kl_weight"]),
+            "alpha": float(self.options.training.alpha),
+            "kl_weight": float(self.options.training.kl_weight),
             "hidden_weight": self.mask_weight,
         }
 
@@ -445,8 +445,8 @@ class _SCVGAERun:
     def predict_kwargs(self, scale: float, graph_weight: float) -> dict[str, Any]:
         """The prediction settings (saved with the model)."""
         return {
-            "output": self.opts["output"],
-            "calibrate": bool(self.opts["calibrate"]),
+            "output": self.options.output.output,
+            "calibrate": bool(self.options.output.calibrate),
             "transform": self.transform,
             "fill_gate": self.gate,
             "fill_scale": float(scale),
@@ -458,7 +458,7 @@ class _SCVGAERun:
 
     def params(self, scale: float, graph_weight: float, precision: str) -> dict[str, Any]:
         """The flat parameters written to ``uns[key]["params"]``."""
-        params = {k: v for k, v in self.opts.items() if k not in ("progress_bar",)}
+        params = {k: v for k, v in self.options.as_dict().items() if k not in ("progress_bar",)}
         params.update(transform_used=self.transform, max_epochs_used=self.n_epochs, fill_scale_used=float(scale))
         params["graph_weight_used"] = float(graph_weight)
         params["batching_used"] = self.batching
@@ -473,7 +473,7 @@ def _fit_full(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev)
     from ...nn import rank, world_size
 
     x = dense_tensor(Xm, dev)
-    if run.opts["zinb_target"] == "counts":
+    if run.options.training.zinb_target == "counts":
         c = dense_tensor(counts, dev)
         sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
     else:
@@ -523,7 +523,7 @@ def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, 
     x_host = np.ascontiguousarray(Xm.toarray() if sparse.issparse(Xm) else Xm, dtype=np.float32)
     del Xm
     x_buffer = np.empty_like(x_host)
-    counts_csr = sparse.csr_matrix(counts, dtype=np.float32) if run.opts["zinb_target"] == "counts" else None
+    counts_csr = sparse.csr_matrix(counts, dtype=np.float32) if run.options.training.zinb_target == "counts" else None
     sf_host = size_factors(counts, batch_labels) if counts_csr is not None else None
     sampler = SubgraphSampler(gcn_adjacency(A))
     rng = np.random.default_rng(run.random_state)
