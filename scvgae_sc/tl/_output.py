@@ -2,8 +2,9 @@
 
 Every decision that depends on the ``output`` option lives here, for every data path (the whole matrix at once,
 chunks of cells, blocks of genes), so that a new output kind is added in this module only: name it in
-:data:`OUTPUT_KINDS` and handle it in :func:`finish_dense`, :func:`finish_rows` / :func:`finish_host` and
-:func:`finish_blocks`.
+:data:`OutputKind` and :data:`OUTPUT_KINDS` (the options accept what these list) and handle it in
+:func:`finish_dense` (whole matrix), :func:`finish_rows` / :func:`finish_host` (chunks of cells) and
+:func:`finish_blocks` (blocks of genes).
 
 ``"fill"``
     Observed non-zeros are kept and zeros get the model's prediction (gated by the neighbourhood's detection rate,
@@ -14,7 +15,7 @@ chunks of cells, blocks of genes), so that a new output kind is added in this mo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -23,7 +24,9 @@ from ._common import Neighbourhood, column_blocks, gate_factor, gated
 if TYPE_CHECKING:
     import torch
 
-#: The output kinds, with what they are.
+#: The ``output`` option's type.
+OutputKind = Literal["fill", "recon"]
+#: The output kinds, with what they are (the choices the options accept).
 OUTPUT_KINDS: dict[str, str] = {
     "fill": "observed values kept, zeros replaced by the prediction",
     "recon": "the reconstruction everywhere, on the input layer's scale",

@@ -15,13 +15,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from .._common import check_fraction, check_positive_int
+from .._output import OUTPUT_KINDS, OutputKind
 
 Batching = Literal["auto", "full", "subgraph"]
 Precision = Literal["auto", "32", "bf16"]
 BatchMode = Literal["within", "balanced"]
 FillScale = Literal["auto", "fit", "none"]
-#: Output kinds of the methods (see :mod:`scvgae_sc.tl._output`).
-OutputKind = Literal["fill", "recon"]
 
 
 def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -204,8 +203,6 @@ class SCVGAEOutput:
     graph_fill: bool = True
 
     def __post_init__(self) -> None:
-        from .._output import OUTPUT_KINDS
-
         check_positive_int("fill_hops", self.fill_hops)
         for k in ("calibrate", "graph_fill"):
             check_bool(k, getattr(self, k))
@@ -312,8 +309,6 @@ class GNNImputeOutput:
     graph_fill: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
-        from .._output import OUTPUT_KINDS
-
         check_common(self, choices={"output": tuple(OUTPUT_KINDS), "fill_scale": ("auto", "fit", "none")})
         check_fraction("fill_gate", self.fill_gate)
         check_positive_int("fill_hops", self.fill_hops)
