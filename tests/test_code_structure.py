@@ -91,9 +91,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_import_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "scvgae_sc.tl._models._base" in graph["scvgae_sc.tl._impute"] or "scvgae_sc.tl._models" in graph[
-        "scvgae_sc.tl._impute"
-    ]
+    assert (
+        "scvgae_sc.tl._models._base" in graph["scvgae_sc.tl._impute"]
+        or "scvgae_sc.tl._models" in graph["scvgae_sc.tl._impute"]
+    )
     # ``from ...nn import resolve_device`` inside a method
     assert "scvgae_sc.nn" in graph["scvgae_sc.tl._models._scvgae"]
 

@@ -325,4 +325,3 @@ class GNNImputeModule(nn.Module):
             comps["masked"] = masked
             comps["loss"] = comps["loss"] + hidden_weight * masked
         return comps
-

@@ -357,8 +357,6 @@ def embedding_comparison(
     >>> sv.tl.impute(adata, method="scvgae")
     >>> sv.pl.embedding_comparison(adata, basis="umap")
     """
-    import scanpy as sc
-
     check_adata(adata, min_obs=3, min_vars=2)
     check_show_save(show, save, return_fig)
     layers = resolve_layers(adata, layers)

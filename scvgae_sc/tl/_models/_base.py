@@ -13,8 +13,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from os import PathLike
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -187,9 +187,7 @@ class ImputationModel:
         return float(copies) * n_obs * n_vars * 4
 
     @classmethod
-    def resolve_batching(
-        cls, requested: str, n_obs: int, n_vars: int, device_type: str, budget: float | None
-    ) -> str:
+    def resolve_batching(cls, requested: str, n_obs: int, n_vars: int, device_type: str, budget: float | None) -> str:
         """Resolve ``batching="auto"``: subgraphs when full batch does not fit ``budget`` or the graph is large."""
         if requested != "auto":
             return requested
@@ -238,9 +236,7 @@ class ImputationModel:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def _from_result(
-        cls, adata: AnnData, result: ImputeResult, *, layer: str | None, params: dict
-    ) -> ImputationModel:
+    def _from_result(cls, adata: AnnData, result: ImputeResult, *, layer: str | None, params: dict) -> ImputationModel:
         state = result.model_state
         if state is None:  # pragma: no cover - every method fills it
             raise ValueError(f"The {cls.method!r} training returned no model state.")

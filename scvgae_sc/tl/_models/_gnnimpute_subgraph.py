@@ -156,4 +156,3 @@ def graph_forward(module, x, edge_index, graph: sparse.spmatrix, factors=None, *
     if batching == "subgraph":
         return forward_chunked(module, x, graph, factors, chunk=chunk)
     return module(x, edge_index, factors)
-

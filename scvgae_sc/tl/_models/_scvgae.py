@@ -18,11 +18,11 @@ from .._common import (
     resolve_graph,
     size_factors,
 )
-from .._output import finish_dense, layer_values, neighbourhood
 from .._output import fill as fill_values
-from ._plans import SCVGAEPlan, hide_observed
+from .._output import finish_dense, layer_values, neighbourhood
 from ._base import ImputationModel, ImputeResult
 from ._options import SCVGAEOptions
+from ._plans import SCVGAEPlan, hide_observed
 
 #: Defaults of the method's own options (see :func:`scvgae_options`).
 DEFAULTS: dict[str, Any] = SCVGAEOptions.defaults()
@@ -553,7 +553,15 @@ def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, 
     weights = (1.0, 0.0)
     if run.fit_scale:
         weights = fit_fill_scale_subgraph(
-            model, x_host, x_buffer, A, sampler, device=dev, mask_rate=run.mask_rate, rng=rng, chunk=run.chunk,
+            model,
+            x_host,
+            x_buffer,
+            A,
+            sampler,
+            device=dev,
+            mask_rate=run.mask_rate,
+            rng=rng,
+            chunk=run.chunk,
             **run.fill_kwargs,
         )
         logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
