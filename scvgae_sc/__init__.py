@@ -13,13 +13,7 @@ Use it like Scanpy::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import datasets, pl, pp, tl
-
-try:
-    __version__ = version("scvgae-sc")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 __all__ = ["__version__", "datasets", "pl", "pp", "tl"]

@@ -265,7 +265,7 @@ def test_scvgae_within_and_balanced_on_two_datasets(two_datasets, monkeypatch):
     """scVGAE trains on the graph pp.cell_graph builds with the same batches, and on per-batch size factors."""
     adata = two_datasets
     labels = adata.obs["dataset"].to_numpy()
-    runner = importlib.import_module("scvgae_sc.tl._scvgae")
+    runner = importlib.import_module("scvgae_sc.tl._models._scvgae")
     seen = []
 
     def recording(counts, batch=None):

@@ -66,6 +66,56 @@ def _solve_dropout_mid(log_mu: np.ndarray, target: float, shape: float) -> float
     return 0.5 * (lo + hi)
 
 
+def _sample_counts(rng, library, proportions, groups, gene_bcv, bcv: float):
+    """True means and counts (gamma-Poisson with the genes' BCV), in row chunks."""
+    n_cells, n_genes = len(groups), proportions.shape[1]
+    true_mean = np.empty((n_cells, n_genes), dtype=np.float32)
+    gamma_shape = (1.0 / gene_bcv**2).astype(np.float32) if bcv > 0 else None
+    gamma_scale = (gene_bcv**2).astype(np.float32) if bcv > 0 else None
+    chunk = max(1, _CHUNK_ENTRIES // n_genes)
+    blocks = []
+    for a in range(0, n_cells, chunk):
+        b = min(a + chunk, n_cells)
+        mu = np.multiply(library[a:b, None], proportions[groups[a:b]], out=true_mean[a:b])
+        if gamma_shape is None:
+            rate = mu
+        else:
+            rate = rng.standard_gamma(gamma_shape, size=mu.shape, dtype=np.float32)
+            rate *= mu
+            rate *= gamma_scale
+        counts = rng.poisson(rate)
+        blocks.append(sparse.csr_matrix(counts, dtype=np.float32))
+        del rate, counts
+    true_counts = sparse.vstack(blocks, format="csr", dtype=np.float32)
+    del blocks
+    true_counts.sort_indices()
+    return true_mean, true_counts
+
+
+def _drop_out(rng, true_counts, true_mean, dropout: float, dropout_shape: float):
+    """``(X, mid, observed)``: the counts after dropout, the logistic's midpoint and the fraction dropped."""
+    mid = None
+    X = true_counts.copy()
+    nnz = true_counts.nnz
+    if dropout > 0 and nnz:
+        idx = np.arange(nnz) if nnz <= _MID_SAMPLE else rng.integers(0, nnz, size=_MID_SAMPLE)
+        rows = np.searchsorted(true_counts.indptr, idx, side="right") - 1
+        log_mu = np.log(true_mean[rows, true_counts.indices[idx]].astype(np.float64))
+        mid = _solve_dropout_mid(log_mu, dropout, dropout_shape)
+        del idx, rows, log_mu
+        for a in range(0, nnz, _CHUNK_ENTRIES):
+            b = min(a + _CHUNK_ENTRIES, nnz)
+            rows = np.searchsorted(true_counts.indptr, np.arange(a, b), side="right") - 1
+            log_mu = np.log(true_mean[rows, true_counts.indices[a:b]])
+            p_drop = expit(dropout_shape * (log_mu - np.float32(mid)))
+            X.data[a:b][rng.random(b - a, dtype=np.float32) < p_drop] = 0
+        X.eliminate_zeros()
+    elif dropout > 0:
+        logg.warning("all true counts are zero; there is nothing to drop out.")
+    observed = 1.0 - X.nnz / nnz if nnz else 0.0
+    return X, mid, observed
+
+
 def simulate(
     n_cells: int = 2000,
     n_genes: int = 2000,
@@ -198,48 +248,8 @@ def simulate(
     size_factor = rng.lognormal(0.0, library_scale, size=n_cells)
     library = (library_size * size_factor).astype(np.float32)
 
-    # true means and counts, in row chunks
-    true_mean = np.empty((n_cells, n_genes), dtype=np.float32)
-    gamma_shape = (1.0 / gene_bcv**2).astype(np.float32) if bcv > 0 else None
-    gamma_scale = (gene_bcv**2).astype(np.float32) if bcv > 0 else None
-    chunk = max(1, _CHUNK_ENTRIES // n_genes)
-    blocks = []
-    for a in range(0, n_cells, chunk):
-        b = min(a + chunk, n_cells)
-        mu = np.multiply(library[a:b, None], proportions[groups[a:b]], out=true_mean[a:b])
-        if gamma_shape is None:
-            rate = mu
-        else:
-            rate = rng.standard_gamma(gamma_shape, size=mu.shape, dtype=np.float32)
-            rate *= mu
-            rate *= gamma_scale
-        counts = rng.poisson(rate)
-        blocks.append(sparse.csr_matrix(counts, dtype=np.float32))
-        del rate, counts
-    true_counts = sparse.vstack(blocks, format="csr", dtype=np.float32)
-    del blocks
-    true_counts.sort_indices()
-
-    # dropout
-    mid = None
-    X = true_counts.copy()
-    nnz = true_counts.nnz
-    if dropout > 0 and nnz:
-        idx = np.arange(nnz) if nnz <= _MID_SAMPLE else rng.integers(0, nnz, size=_MID_SAMPLE)
-        rows = np.searchsorted(true_counts.indptr, idx, side="right") - 1
-        log_mu = np.log(true_mean[rows, true_counts.indices[idx]].astype(np.float64))
-        mid = _solve_dropout_mid(log_mu, dropout, dropout_shape)
-        del idx, rows, log_mu
-        for a in range(0, nnz, _CHUNK_ENTRIES):
-            b = min(a + _CHUNK_ENTRIES, nnz)
-            rows = np.searchsorted(true_counts.indptr, np.arange(a, b), side="right") - 1
-            log_mu = np.log(true_mean[rows, true_counts.indices[a:b]])
-            p_drop = expit(dropout_shape * (log_mu - np.float32(mid)))
-            X.data[a:b][rng.random(b - a, dtype=np.float32) < p_drop] = 0
-        X.eliminate_zeros()
-    elif dropout > 0:
-        logg.warning("all true counts are zero; there is nothing to drop out.")
-    observed = 1.0 - X.nnz / nnz if nnz else 0.0
+    true_mean, true_counts = _sample_counts(rng, library, proportions, groups, gene_bcv, bcv)
+    X, mid, observed = _drop_out(rng, true_counts, true_mean, dropout, dropout_shape)
 
     obs = pd.DataFrame(index=pd.Index([f"cell{i + 1}" for i in range(n_cells)]))
     obs[CELL_TYPE] = pd.Categorical.from_codes(groups, categories=group_names)

@@ -66,7 +66,7 @@ def _env_int(name: str, default: int) -> int:
 
 def _rank_device(device: str | torch.device) -> torch.device:
     """``resolve_device(device)``, with ``"auto"`` / ``"cuda"`` mapped to ``cuda:LOCAL_RANK`` on a CUDA machine."""
-    from ._trainer import resolve_device
+    from ._device import resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cuda" or dev.index is not None:
@@ -104,7 +104,7 @@ def init_from_env(device: str | torch.device = "auto", *, backend: str | None = 
     ValueError
         For a device this machine does not have, or a ``LOCAL_RANK`` without a GPU.
     """
-    from ._trainer import resolve_device
+    from ._device import resolve_device
 
     env_world = _env_int("WORLD_SIZE", 1)
     if env_world <= 1 and not _initialized():

@@ -154,7 +154,7 @@ def gat_sparse(conv: GATConv, x: torch.Tensor, graph: AttentionGraph) -> torch.T
 
 
 class GNNImputeModule(nn.Module):
-    """The GNNImpute network (DESIGN section 2).
+    """The GNNImpute network.
 
     Encoder: ``GATConv(n_genes → hidden, heads, concat=False) → BatchNorm1d → ReLU → Dropout →
     GATConv(hidden → latent, heads, concat=False) → BatchNorm1d → ReLU → Dropout`` gives ``Z``; the heads are
@@ -279,3 +279,49 @@ class GNNImputeModule(nn.Module):
         """
         mse = masked_mean((out["recon"].float() - target.float()).pow(2), mask)
         return {"loss": mse, "mse": mse}
+
+    @staticmethod
+    def imputation_loss(
+        out: dict[str, torch.Tensor],
+        rows: torch.Tensor,
+        rows_target: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        hidden_target: torch.Tensor | None = None,
+        *,
+        hidden_weight: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """The training objective: MSE over the entries of ``rows`` plus ``hidden_weight`` × MSE over hidden entries.
+
+        Parameters
+        ----------
+        out
+            Output of :meth:`forward` (``recon`` times the size factors).
+        rows
+            The cells the first term covers (indices or a boolean mask of ``out["recon"]``'s rows).
+        rows_target
+            ``(len(rows), n_genes)`` target of those rows (the input layer times the size factors).
+        hidden
+            The entries hidden from the input: flat indices into ``out["recon"]`` (a 1-d integer tensor) or a
+            boolean mask of its shape; ``None`` leaves the second term out.
+        hidden_target
+            Their targets, in the same order.
+        hidden_weight
+            Weight of the hidden entries' term.
+
+        Returns
+        -------
+        ``{"loss", "mse"}``, and ``"masked"`` with ``hidden``. A term over no entry is 0 (with a gradient).
+        """
+        recon = out["recon"].float()
+        comps = {"mse": F.mse_loss(recon[rows], rows_target)}
+        comps["loss"] = comps["mse"]
+        if hidden is not None:
+            if hidden.dtype == torch.bool:
+                masked = F.mse_loss(recon[hidden], hidden_target) if bool(hidden.any()) else recon.sum() * 0
+            elif hidden.numel():
+                masked = F.mse_loss(recon.reshape(-1)[hidden], hidden_target)
+            else:
+                masked = recon.sum() * 0
+            comps["masked"] = masked
+            comps["loss"] = comps["loss"] + hidden_weight * masked
+        return comps

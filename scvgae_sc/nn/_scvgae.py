@@ -76,7 +76,7 @@ class _HeadOutputs(dict):
 
 
 class SCVGAE(nn.Module):
-    r"""The scVGAE network (DESIGN section 2), built on PyG layers and a sparse graph.
+    r"""The scVGAE network, built on PyG layers and a sparse graph.
 
     Encoder: ``GCNConv(n_genes → hidden) → GraphNorm → ReLU → Dropout(0.2)`` gives ``Z``. With
     ``variational=True`` two more GCN layers map it to ``mu`` / ``logvar`` (``hidden → n_latent``); ``Z`` is a

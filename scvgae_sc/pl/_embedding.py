@@ -114,6 +114,155 @@ def _compute_embeddings(
     return {b: np.asarray(v, dtype=np.float32) for b, v in out.items()}
 
 
+def _check_labels(adata: AnnData, color, labels_key, score, kwargs) -> tuple[str | None, str | None]:
+    """``(labels_key, protocol)``: the labels the scores use and the clustering protocol (``None``: no scores)."""
+    for bad in ("ax", "basis", "color", "show", "save", "return_fig", "layer", "title"):
+        if bad in kwargs:
+            raise TypeError(f"embedding_comparison() sets {bad!r} of scanpy.pl.embedding itself; do not pass it.")
+    if color is not None and (not isinstance(color, str) or color not in adata.obs):
+        have = ", ".join(repr(c) for c in adata.obs.columns) or "none"
+        raise ValueError(f"color must be a column of adata.obs or None; got {color!r} (columns present: {have}).")
+    if labels_key is None:
+        labels_key = color if color is not None and is_categorical(adata.obs[color]) else None
+    elif not isinstance(labels_key, str) or labels_key not in adata.obs:
+        have = ", ".join(repr(c) for c in adata.obs.columns) or "none"
+        raise ValueError(f"adata.obs has no column {labels_key!r} (columns present: {have}). Pass labels_key=...")
+    protocol = _resolve_score(score, adata.n_obs)
+    if labels_key is None:
+        if protocol is not None and not isinstance(score, bool | np.bool_):
+            raise ValueError(
+                f"score={score!r} needs labels, but color={color!r} is not a categorical column of adata.obs. "
+                "Pass labels_key=... (e.g. 'cell_type'), or score=False."
+            )
+        protocol = None
+
+    return labels_key, protocol
+
+
+def _layer_results(adata, layer, bases, settings, labels, stored, new, embeddings, scores) -> None:
+    """One layer's embeddings and clustering scores, from the cache or computed (into ``embeddings`` / ``scores``).
+
+    ``labels``: ``(protocol, labels_key, labels_digest)``; ``stored``: the cached embeddings and scores; ``new``: the
+    obsm arrays and cache entries to write once everything worked.
+    """
+    n_pcs, n_neighbors, random_state = settings["n_pcs"], settings["n_neighbors"], settings["random_state"]
+    protocol, labels_key, labels_digest = labels
+    stored_embeddings, stored_scores = stored
+    new_obsm, new_entries = new
+    name = layer_name(layer)
+    X = get_layer(adata, layer)
+    check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    digest = fingerprint(X)
+    todo = []
+    for b in bases:
+        key = embedding_key(b, layer)
+        params = params_for_cache(
+            layer=name,
+            basis=b,
+            n_pcs=n_pcs,
+            n_neighbors=n_neighbors if b == "umap" else None,
+            random_state=random_state,
+            fingerprint=digest,
+        )
+        entry = stored_embeddings.get(key, {})
+        if key in adata.obsm and same_params(entry.get("params") if isinstance(entry, dict) else None, params):
+            embeddings[b, name] = np.asarray(adata.obsm[key])
+        else:
+            todo.append((b, key, params))
+    if todo:
+        start = logg.info(f"computing {', '.join(b for b, _, _ in todo)} of {name!r}")
+        new = _compute_embeddings(
+            X, [b for b, _, _ in todo], n_pcs=n_pcs, n_neighbors=n_neighbors, random_state=random_state
+        )
+        for b, key, params in todo:
+            embeddings[b, name] = new_obsm[key] = new[b]
+            new_entries[EMBEDDINGS][key] = {"params": params}
+        logg.info("    finished", time=start)
+    if protocol is not None:
+        sparams = params_for_cache(
+            protocol=protocol,
+            labels_key=labels_key,
+            random_state=random_state if protocol == "leiden" else None,
+            fingerprint=digest,
+            labels_fingerprint=labels_digest,
+        )
+        entry = stored_scores.get(name, {})
+        if isinstance(entry, dict) and same_params(entry.get("params"), sparams):
+            scores[name] = {m: float(entry[m]) for m in ("ari", "ami", "nmi")}
+        else:
+            from ..tl import score_clustering
+
+            s = score_clustering(adata, layer, labels_key=labels_key, protocol=protocol, random_state=random_state)
+            scores[name] = {m: float(s[m]) for m in ("ari", "ami", "nmi")}
+            new_entries[CLUSTERING][name] = {"params": sparams, **scores[name]}
+
+
+def _draw(adata, embeddings, scores, panels_of, *, color, protocol, ncols, kwargs):
+    """The figure: one panel per basis and layer, titled with the layer's score, and one legend."""
+    import scanpy as sc
+
+    bases, layers = panels_of
+    # one scratch AnnData to draw from: shared obs colours, every embedding
+    from matplotlib import rcParams
+
+    plot = AnnData(obs=adata.obs[[color]].copy() if color is not None else adata.obs[[]].copy())
+    cats = None
+    if color is not None and is_categorical(plot.obs[color]):
+        plot.obs[color] = as_categorical(plot.obs[color])
+        cats = list(plot.obs[color].cat.categories)
+        if "palette" not in kwargs:
+            plot.uns[f"{color}_colors"] = categorical_colors(adata, color, cats)
+    for (b, name), E in embeddings.items():
+        plot.obsm[embedding_key(b, name)] = E
+    # one figure legend for categories, unless the caller asks scanpy for its own (e.g. legend_loc="on data")
+    legend_loc = kwargs.pop("legend_loc", None if cats else "right margin")
+    fig_legend = cats is not None and legend_loc is None
+
+    panels = [(b, layer) for b in bases for layer in layers]
+    ncol = len(layers) if ncols is None else min(ncols, len(panels))
+    nrow = -(-len(panels) // ncol)
+    side = float(rcParams["figure.figsize"][1])
+    legend_w = 1.8 if fig_legend else 0.0
+    fig = new_figure((ncol * side + legend_w, nrow * side))
+    grid = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax in grid[len(panels) :]:
+        ax.remove()
+    axes = list(grid[: len(panels)])
+    for ax, (b, layer) in zip(axes, panels, strict=True):
+        name = layer_name(layer)
+        title = name
+        if name in scores:
+            title += f"\nARI {scores[name]['ari']:.3f} ({protocol})"
+        sc.pl.embedding(
+            plot,
+            basis=embedding_key(b, layer),
+            color=color,
+            ax=ax,
+            show=False,
+            title=title,
+            legend_loc=legend_loc,
+            **kwargs,
+        )
+        ax.set_xlabel(f"{_AXIS[b]}1")
+        ax.set_ylabel(f"{_AXIS[b]}2")
+    if fig_legend:
+        from matplotlib.lines import Line2D
+
+        palette = plot.uns.get(f"{color}_colors", categorical_colors(plot, color, cats))
+        handles = [
+            Line2D([], [], marker="o", linestyle="", markersize=7, color=c, label=str(cat))
+            for cat, c in zip(cats, palette, strict=False)
+        ]
+        fig.legend(
+            handles=handles,
+            loc="outside right center",
+            title=color,
+            frameon=False,
+            ncols=1 if len(cats) <= 14 else 2 if len(cats) <= 30 else 3,
+        )
+    return fig, axes
+
+
 def embedding_comparison(
     adata: AnnData,
     layers: str | Sequence[str | None] | None = None,
@@ -208,8 +357,6 @@ def embedding_comparison(
     >>> sv.tl.impute(adata, method="scvgae")
     >>> sv.pl.embedding_comparison(adata, basis="umap")
     """
-    import scanpy as sc
-
     check_adata(adata, min_obs=3, min_vars=2)
     check_show_save(show, save, return_fig)
     layers = resolve_layers(adata, layers)
@@ -220,25 +367,7 @@ def embedding_comparison(
         ncols = _check_int("ncols", ncols, 1)
     if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
         raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}.")
-    for bad in ("ax", "basis", "color", "show", "save", "return_fig", "layer", "title"):
-        if bad in kwargs:
-            raise TypeError(f"embedding_comparison() sets {bad!r} of scanpy.pl.embedding itself; do not pass it.")
-    if color is not None and (not isinstance(color, str) or color not in adata.obs):
-        have = ", ".join(repr(c) for c in adata.obs.columns) or "none"
-        raise ValueError(f"color must be a column of adata.obs or None; got {color!r} (columns present: {have}).")
-    if labels_key is None:
-        labels_key = color if color is not None and is_categorical(adata.obs[color]) else None
-    elif not isinstance(labels_key, str) or labels_key not in adata.obs:
-        have = ", ".join(repr(c) for c in adata.obs.columns) or "none"
-        raise ValueError(f"adata.obs has no column {labels_key!r} (columns present: {have}). Pass labels_key=...")
-    protocol = _resolve_score(score, adata.n_obs)
-    if labels_key is None:
-        if protocol is not None and not isinstance(score, bool | np.bool_):
-            raise ValueError(
-                f"score={score!r} needs labels, but color={color!r} is not a categorical column of adata.obs. "
-                "Pass labels_key=... (e.g. 'cell_type'), or score=False."
-            )
-        protocol = None
+    labels_key, protocol = _check_labels(adata, color, labels_key, score, kwargs)
 
     max_pcs = min(adata.n_obs, adata.n_vars) - 1
     if n_pcs > max_pcs:
@@ -258,112 +387,16 @@ def embedding_comparison(
         labels_digest = fingerprint(pd.util.hash_pandas_object(adata.obs[labels_key], index=False).to_numpy())
     stored_embeddings = cached_entry(adata, EMBEDDINGS)
     stored_scores = cached_entry(adata, CLUSTERING)
+    stored = (stored_embeddings, stored_scores)
+    new = (new_obsm, new_entries)
+    settings = {"n_pcs": n_pcs, "n_neighbors": n_neighbors, "random_state": random_state}
     for layer in layers:
-        name = layer_name(layer)
-        X = get_layer(adata, layer)
-        check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
-        digest = fingerprint(X)
-        todo = []
-        for b in bases:
-            key = embedding_key(b, layer)
-            params = params_for_cache(
-                layer=name,
-                basis=b,
-                n_pcs=n_pcs,
-                n_neighbors=n_neighbors if b == "umap" else None,
-                random_state=random_state,
-                fingerprint=digest,
-            )
-            entry = stored_embeddings.get(key, {})
-            if key in adata.obsm and same_params(entry.get("params") if isinstance(entry, dict) else None, params):
-                embeddings[b, name] = np.asarray(adata.obsm[key])
-            else:
-                todo.append((b, key, params))
-        if todo:
-            start = logg.info(f"computing {', '.join(b for b, _, _ in todo)} of {name!r}")
-            new = _compute_embeddings(
-                X, [b for b, _, _ in todo], n_pcs=n_pcs, n_neighbors=n_neighbors, random_state=random_state
-            )
-            for b, key, params in todo:
-                embeddings[b, name] = new_obsm[key] = new[b]
-                new_entries[EMBEDDINGS][key] = {"params": params}
-            logg.info("    finished", time=start)
-        if protocol is not None:
-            sparams = params_for_cache(
-                protocol=protocol,
-                labels_key=labels_key,
-                random_state=random_state if protocol == "leiden" else None,
-                fingerprint=digest,
-                labels_fingerprint=labels_digest,
-            )
-            entry = stored_scores.get(name, {})
-            if isinstance(entry, dict) and same_params(entry.get("params"), sparams):
-                scores[name] = {m: float(entry[m]) for m in ("ari", "ami", "nmi")}
-            else:
-                from ..tl import score_clustering
+        labels = (protocol, labels_key, labels_digest)
+        _layer_results(adata, layer, bases, settings, labels, stored, new, embeddings, scores)
 
-                s = score_clustering(adata, layer, labels_key=labels_key, protocol=protocol, random_state=random_state)
-                scores[name] = {m: float(s[m]) for m in ("ari", "ami", "nmi")}
-                new_entries[CLUSTERING][name] = {"params": sparams, **scores[name]}
-
-    # one scratch AnnData to draw from: shared obs colours, every embedding
-    from matplotlib import rcParams
-
-    plot = AnnData(obs=adata.obs[[color]].copy() if color is not None else adata.obs[[]].copy())
-    cats = None
-    if color is not None and is_categorical(plot.obs[color]):
-        plot.obs[color] = as_categorical(plot.obs[color])
-        cats = list(plot.obs[color].cat.categories)
-        if "palette" not in kwargs:
-            plot.uns[f"{color}_colors"] = categorical_colors(adata, color, cats)
-    for (b, name), E in embeddings.items():
-        plot.obsm[embedding_key(b, name)] = E
-    # one figure legend for categories, unless the caller asks scanpy for its own (e.g. legend_loc="on data")
-    legend_loc = kwargs.pop("legend_loc", None if cats else "right margin")
-    fig_legend = cats is not None and legend_loc is None
-
-    panels = [(b, layer) for b in bases for layer in layers]
-    ncol = len(layers) if ncols is None else min(ncols, len(panels))
-    nrow = -(-len(panels) // ncol)
-    side = float(rcParams["figure.figsize"][1])
-    legend_w = 1.8 if fig_legend else 0.0
-    fig = new_figure((ncol * side + legend_w, nrow * side))
-    grid = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax in grid[len(panels) :]:
-        ax.remove()
-    axes = list(grid[: len(panels)])
-    for ax, (b, layer) in zip(axes, panels, strict=True):
-        name = layer_name(layer)
-        title = name
-        if name in scores:
-            title += f"\nARI {scores[name]['ari']:.3f} ({protocol})"
-        sc.pl.embedding(
-            plot,
-            basis=embedding_key(b, layer),
-            color=color,
-            ax=ax,
-            show=False,
-            title=title,
-            legend_loc=legend_loc,
-            **kwargs,
-        )
-        ax.set_xlabel(f"{_AXIS[b]}1")
-        ax.set_ylabel(f"{_AXIS[b]}2")
-    if fig_legend:
-        from matplotlib.lines import Line2D
-
-        palette = plot.uns.get(f"{color}_colors", categorical_colors(plot, color, cats))
-        handles = [
-            Line2D([], [], marker="o", linestyle="", markersize=7, color=c, label=str(cat))
-            for cat, c in zip(cats, palette, strict=False)
-        ]
-        fig.legend(
-            handles=handles,
-            loc="outside right center",
-            title=color,
-            frameon=False,
-            ncols=1 if len(cats) <= 14 else 2 if len(cats) <= 30 else 3,
-        )
+    fig, axes = _draw(
+        adata, embeddings, scores, (bases, layers), color=color, protocol=protocol, ncols=ncols, kwargs=kwargs
+    )
     if cache:
         for key, E in new_obsm.items():
             if key in adata.obsm and key not in stored_embeddings:

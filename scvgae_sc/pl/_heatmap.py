@@ -67,6 +67,87 @@ def _zscore(M: np.ndarray, clip: float) -> np.ndarray:
     return np.clip(Z, -clip, clip)
 
 
+def _groups(adata: AnnData, groupby: str):
+    """``(keep, groups)``: the cells with a label and their groups, refusing fewer than 2 groups of 2 cells."""
+    labels = as_categorical(adata.obs[groupby]).cat.remove_unused_categories()
+    keep = labels.notna().to_numpy()
+    if not keep.all():
+        logg.warning(f"{int((~keep).sum())} cells without a {groupby!r} label are left out.")
+    labels = labels[keep].cat.remove_unused_categories()
+    groups = pd.Categorical(labels)
+    if len(groups.categories) < 2:
+        raise ValueError(f"adata.obs[{groupby!r}] has {len(groups.categories)} group(s); markers need at least 2.")
+    small = [str(g) for g, n in pd.Series(groups).value_counts().items() if n < 2]
+    if small:
+        raise ValueError(f"groups {small} of adata.obs[{groupby!r}] have fewer than 2 cells; markers cannot be ranked.")
+    return keep, groups
+
+
+def _draw(layers, panels, genes, cells, *, cmap, vmax, groupby, n_genes, reference_layer, show_gene_labels):
+    """The figure: a group colour bar and a heatmap per layer, a colour bar and the groups' legend."""
+    codes, order, cats, colors, gcodes = cells
+    from matplotlib import rcParams
+    from matplotlib.colors import ListedColormap
+
+    n_sel = len(genes)
+    if show_gene_labels is None:
+        show_gene_labels = n_sel <= MAX_GENE_LABELS
+    h = float(np.clip(0.12 * n_sel + 2.0, 4.0, 14.0))
+    w = max(2.4, 0.6 * rcParams["figure.figsize"][0])
+    fig = new_figure((w * len(layers) + 1.5 + (1.2 if show_gene_labels else 0.8), h + 0.25 * -(-len(cats) // 5) + 0.6))
+    grid = fig.add_gridspec(2, len(layers), height_ratios=[0.04 * h, h])
+    bounds_cells = np.flatnonzero(np.diff(codes[order])) + 0.5
+    bounds_genes = np.flatnonzero(np.diff(gcodes)) + 0.5
+    gene_counts = np.bincount(gcodes, minlength=len(cats))
+    centres_genes = np.cumsum(gene_counts) - gene_counts / 2 - 0.5
+    heat_axes = []
+    im = None
+    for i, (layer, Z) in enumerate(zip(layers, panels, strict=True)):
+        bar = fig.add_subplot(grid[0, i])
+        bar.imshow(
+            codes[order][None, :],
+            aspect="auto",
+            cmap=ListedColormap(colors),
+            vmin=-0.5,
+            vmax=len(cats) - 0.5,
+            interpolation="nearest",
+        )
+        bar.set_axis_off()
+        bar.set_title(layer_name(layer))
+        ax = fig.add_subplot(grid[1, i], sharex=bar)
+        im = ax.imshow(Z.T, aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        for b in bounds_cells:
+            ax.axvline(b, color="white", lw=0.8)
+        for b in bounds_genes:
+            ax.axhline(b, color="white", lw=0.8)
+        ax.set_xticks([])
+        ax.set_xlabel(f"{Z.shape[0]} cells by {groupby}")
+        if i == 0:
+            if show_gene_labels:
+                ax.set_yticks(np.arange(n_sel), genes, fontsize="x-small")
+            else:
+                present = gene_counts > 0
+                ax.set_yticks(centres_genes[present], [str(c) for c, p in zip(cats, present, strict=True) if p])
+            ax.set_ylabel(f"top {n_genes} markers per group (ranked on {layer_name(reference_layer)!r})")
+        else:
+            ax.set_yticks([])
+        ax.tick_params(length=0)
+        heat_axes.append(ax)
+    cb = fig.colorbar(im, ax=heat_axes, shrink=0.5, aspect=30, pad=0.02)
+    cb.set_label("z-score per gene within layer")
+    from matplotlib.patches import Patch
+
+    fig.legend(
+        handles=[Patch(color=c, label=str(g)) for g, c in zip(cats, colors, strict=True)],
+        loc="outside lower center",
+        ncols=min(len(cats), 5),
+        title=groupby,
+        frameon=False,
+        fontsize="small",
+    )
+    return fig, heat_axes
+
+
 def marker_heatmap(
     adata: AnnData,
     layers: str | Sequence[str | None] | None = None,
@@ -151,17 +232,7 @@ def marker_heatmap(
     if not isinstance(groupby, str) or groupby not in adata.obs:
         have = ", ".join(repr(c) for c in adata.obs.columns) or "none"
         raise ValueError(f"adata.obs has no column {groupby!r} (columns present: {have}). Pass groupby=...")
-    labels = as_categorical(adata.obs[groupby]).cat.remove_unused_categories()
-    keep = labels.notna().to_numpy()
-    if not keep.all():
-        logg.warning(f"{int((~keep).sum())} cells without a {groupby!r} label are left out.")
-    labels = labels[keep].cat.remove_unused_categories()
-    groups = pd.Categorical(labels)
-    if len(groups.categories) < 2:
-        raise ValueError(f"adata.obs[{groupby!r}] has {len(groups.categories)} group(s); markers need at least 2.")
-    small = [str(g) for g, n in pd.Series(groups).value_counts().items() if n < 2]
-    if small:
-        raise ValueError(f"groups {small} of adata.obs[{groupby!r}] have fewer than 2 cells; markers cannot be ranked.")
+    keep, groups = _groups(adata, groupby)
     sub = adata[keep] if not keep.all() else adata
     for layer in layers:
         check_finite(get_layer(sub, layer), "adata.X" if layer is None else f"adata.layers[{layer!r}]")
@@ -187,64 +258,17 @@ def marker_heatmap(
         M = M.toarray() if sparse.issparse(M) else np.asarray(M)
         panels.append(_zscore(M.astype(np.float64)[order], float(vmax)))
 
-    from matplotlib import rcParams
-    from matplotlib.colors import ListedColormap
-
-    n_sel = len(genes)
-    if show_gene_labels is None:
-        show_gene_labels = n_sel <= MAX_GENE_LABELS
-    h = float(np.clip(0.12 * n_sel + 2.0, 4.0, 14.0))
-    w = max(2.4, 0.6 * rcParams["figure.figsize"][0])
-    fig = new_figure((w * len(layers) + 1.5 + (1.2 if show_gene_labels else 0.8), h + 0.25 * -(-len(cats) // 5) + 0.6))
-    grid = fig.add_gridspec(2, len(layers), height_ratios=[0.04 * h, h])
-    bounds_cells = np.flatnonzero(np.diff(codes[order])) + 0.5
-    bounds_genes = np.flatnonzero(np.diff(gcodes)) + 0.5
-    gene_counts = np.bincount(gcodes, minlength=len(cats))
-    centres_genes = np.cumsum(gene_counts) - gene_counts / 2 - 0.5
-    heat_axes = []
-    im = None
-    for i, (layer, Z) in enumerate(zip(layers, panels, strict=True)):
-        bar = fig.add_subplot(grid[0, i])
-        bar.imshow(
-            codes[order][None, :],
-            aspect="auto",
-            cmap=ListedColormap(colors),
-            vmin=-0.5,
-            vmax=len(cats) - 0.5,
-            interpolation="nearest",
-        )
-        bar.set_axis_off()
-        bar.set_title(layer_name(layer))
-        ax = fig.add_subplot(grid[1, i], sharex=bar)
-        im = ax.imshow(Z.T, aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
-        for b in bounds_cells:
-            ax.axvline(b, color="white", lw=0.8)
-        for b in bounds_genes:
-            ax.axhline(b, color="white", lw=0.8)
-        ax.set_xticks([])
-        ax.set_xlabel(f"{Z.shape[0]} cells by {groupby}")
-        if i == 0:
-            if show_gene_labels:
-                ax.set_yticks(np.arange(n_sel), genes, fontsize="x-small")
-            else:
-                present = gene_counts > 0
-                ax.set_yticks(centres_genes[present], [str(c) for c, p in zip(cats, present, strict=True) if p])
-            ax.set_ylabel(f"top {n_genes} markers per group (ranked on {layer_name(reference_layer)!r})")
-        else:
-            ax.set_yticks([])
-        ax.tick_params(length=0)
-        heat_axes.append(ax)
-    cb = fig.colorbar(im, ax=heat_axes, shrink=0.5, aspect=30, pad=0.02)
-    cb.set_label("z-score per gene within layer")
-    from matplotlib.patches import Patch
-
-    fig.legend(
-        handles=[Patch(color=c, label=str(g)) for g, c in zip(cats, colors, strict=True)],
-        loc="outside lower center",
-        ncols=min(len(cats), 5),
-        title=groupby,
-        frameon=False,
-        fontsize="small",
+    fig, heat_axes = _draw(
+        layers,
+        panels,
+        genes,
+        (codes, order, cats, colors, gcodes),
+        cmap=cmap,
+        vmax=vmax,
+        groupby=groupby,
+        n_genes=n_genes,
+        reference_layer=reference_layer,
+        show_gene_labels=show_gene_labels,
     )
     if key_added is not None:
         adata.uns[key_added] = result

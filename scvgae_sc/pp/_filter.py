@@ -17,7 +17,7 @@ def _nonzero_per_axis(X, axis: int) -> np.ndarray:
     return np.count_nonzero(np.asarray(X), axis=axis)
 
 
-def filter(  # noqa: A001 - the contract's name, as in DESIGN section 1
+def filter(  # noqa: A001 - the public name, as scanpy's pp functions
     adata: AnnData,
     *,
     min_cell_fraction: float = 0.05,

@@ -93,6 +93,15 @@ def _zero_entries(X, M: sparse.csr_matrix, rows: np.ndarray, cols: np.ndarray):
     return out
 
 
+def _check_keys(key_added: object, counts_layer: object, random_state: object) -> None:
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"key_added must be a non-empty str, got {key_added!r}.")
+    if not isinstance(counts_layer, str):
+        raise TypeError(f"counts_layer must be a layer name (str), got {type(counts_layer).__name__}.")
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
+        raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}.")
+
+
 def mask_dropouts(
     adata: AnnData,
     *,
@@ -168,12 +177,7 @@ def mask_dropouts(
     # --- validate everything before touching adata ---
     check_adata(adata, inplace=not copy)
     rate = _check_rate(rate)
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty str, got {key_added!r}.")
-    if not isinstance(counts_layer, str):
-        raise TypeError(f"counts_layer must be a layer name (str), got {type(counts_layer).__name__}.")
-    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
-        raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}.")
+    _check_keys(key_added, counts_layer, random_state)
     out_keys = (key_added, mask_counts_key(key_added), mask_key(key_added))
     for name, what in ((layer, "layer"), (counts_layer, "counts_layer")):
         if name in out_keys:

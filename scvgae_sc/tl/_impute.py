@@ -1,10 +1,11 @@
+"""``tl.impute``: read the inputs, pick the method's class by name, train, write the results once."""
+
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from anndata import AnnData
@@ -14,81 +15,8 @@ from scipy import sparse
 from .. import _utils
 from .._constants import COUNTS, NORMALIZED, connectivities_key, latent_key
 from .._utils import check_adata, check_counts, check_nonnegative, get_layer, params_for_uns
-
-if TYPE_CHECKING:
-    from ._model import ImputationModel
-
-_METHODS = ("scvgae", "gnnimpute")
-#: Peak memory of a CPU run in dense float32 copies of the cells × genes matrix (measured with the default options
-#: on 4,000 and 8,000 × 2,000 simulated counts: the increase per added cell; inputs, training activations and
-#: their gradients, the full-batch prediction and the output).
-DENSE_COPIES = {"scvgae": 20, "gnnimpute": 28}
-#: On a GPU the host keeps about the dense input, the counts and the output.
-DENSE_COPIES_HOST = 4
-
-
-#: With ``batching="subgraph"``: scVGAE holds the input, its masked copy, the masks and the output (one copy less
-#: when the output goes to a file); GNNImpute also the target and the validation and prediction passes, which
-#: run in chunks of cells. Activations are per batch. Measured above the data on simulated cells × 2,000 genes
-#: (``benchmarks/results/scaling.md``): scVGAE 4.1 copies at 100,000 cells, GNNImpute 7.0 (8.7 at 30,000). The fill's
-#: statistics over 2 graph steps (``fill_hops=2``, ``graph_fill``) added 1.5 copies to scVGAE at 30,000 cells
-#: (peak 2,405 → 2,771 MB, ``results/scaling_fill_check.md``). GNNImpute at 30,000 cells, session 8: 10.7 copies
-#: above the data without the graph term in its fill, 12.0 with it (``results/scaling_gnn_nofill.md``,
-#: ``results/scaling_gnn_fill_blocks.md``; its neighbourhood statistics are computed over blocks of genes).
-DENSE_COPIES_SUBGRAPH = {"scvgae": 6, "gnnimpute": 12}
-
-
-def impute_memory(
-    method: str, n_obs: int, n_vars: int, device_type: str = "cpu", *, batching: str = "full", to_file: bool = False
-) -> float:
-    """Estimated peak host memory (bytes) of :func:`impute` on ``n_obs`` × ``n_vars``."""
-    if batching == "subgraph":
-        copies = DENSE_COPIES_SUBGRAPH[method] - (1 if to_file else 0)
-    else:
-        copies = DENSE_COPIES[method] if device_type == "cpu" else DENSE_COPIES_HOST
-    return float(copies) * n_obs * n_vars * 4
-
-
-def choose_batching(
-    method: str, requested: Any, n_obs: int, n_vars: int, device_type: str, budget: float | None
-) -> str:
-    """Resolve ``batching="auto"``: subgraphs when full batch does not fit ``budget`` (or, for scVGAE, is too slow)."""
-    if requested != "auto":
-        return requested
-    from ._scvgae import SUBGRAPH_MIN_CELLS
-
-    need = impute_memory(method, n_obs, n_vars, device_type)
-    if budget is not None and need > budget:
-        logg.info(
-            f"    batching='subgraph': full-batch training would need about {need / 1e9:.1f} GB, more than the "
-            f"{budget / 1e9:.1f} GB budget"
-        )
-        return "subgraph"
-    if method == "scvgae" and n_obs > SUBGRAPH_MIN_CELLS:
-        logg.info(
-            f"    batching='subgraph': {n_obs} cells > {SUBGRAPH_MIN_CELLS} (a full-graph encoder per batch would cost "
-            "n_cells² / batch_size per epoch)"
-        )
-        return "subgraph"
-    logg.info(f"    batching='full': about {need / 1e9:.2f} GB fits the budget")
-    return "full"
-
-
-@dataclass
-class ImputeResult:
-    """What a method runner hands back to :func:`impute` (tensors already converted to NumPy)."""
-
-    imputed: np.ndarray
-    latent: np.ndarray
-    history: dict[str, np.ndarray]
-    params: dict[str, Any]
-    graph: sparse.csr_matrix
-    graph_info: dict[str, Any]
-    device: str
-    #: What a saved model needs (see :class:`~scvgae_sc.tl.ImputationModel`): ``"module"`` (the trained torch
-    #: module), ``"module_kwargs"`` (its constructor arguments) and ``"predict_kwargs"`` (of the method's predict
-    #: function).
-    model_state: dict[str, Any] | None = None
+from .._version import __version__
+from ._models import ImputationModel, ImputeResult
 
 
 def layer_normalization(adata: AnnData, layer: str | None) -> str | None:
@@ -270,14 +198,40 @@ def impute(
     >>> sc.pp.pca(adata, layer="scvgae")
     """
     check_adata(adata, inplace=not copy, min_obs=2)  # BatchNorm cannot train on one cell
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+    model_cls = ImputationModel.registered(method)
     key = method if key_added is None else key_added
     if not isinstance(key, str) or not key:
         raise TypeError(f"key_added must be a non-empty str or None, got {key_added!r}.")
     if max_epochs is not None and (not isinstance(max_epochs, int | np.integer) or max_epochs < 1):
         raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}.")
+    options = model_cls.options_class.from_kwargs(**method_kwargs)
+    inputs = _read_inputs(adata, layer, counts_layer, graph_key, batch_key)
+    if not isinstance(return_model, bool | np.bool_):
+        raise TypeError(f"return_model must be True or False, got {return_model!r}.")
+    run = _prepare_run(model_cls, adata, options, device, random_state, filename, max_memory)
+    start = logg.info(f"imputing with {method!r}")
+    t0 = time.perf_counter()
+    result = _train(model_cls, run, inputs, layer_normalization(adata, layer), max_epochs)
+    runtime = time.perf_counter() - t0
+    if copy:
+        adata = adata.copy()
+    params = _write(adata, key, method, result, runtime, run["params"], batch_key)
+    logg.info(
+        f"    finished ({runtime:.1f} s on {result.device})",
+        time=start,
+        deep=f"added {key!r} (adata.layers), {latent_key(key)!r} (adata.obsm), "
+        f"{connectivities_key(key)!r} (adata.obsp), {key!r} (adata.uns)",
+    )
+    if not return_model:
+        return adata if copy else None
+    model = model_cls._from_result(adata, result, layer=layer, params=params)
+    return (adata, model) if copy else model
 
+
+def _read_inputs(
+    adata: AnnData, layer: str | None, counts_layer: str, graph_key: str | None, batch_key: str | None
+) -> dict[str, Any]:
+    """The input layer, the counts, the given graph and the batch labels, checked."""
     X = get_layer(adata, layer)
     lname = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
     check_nonnegative(X, lname)
@@ -289,8 +243,32 @@ def impute(
     labels = _utils.batch_labels(adata, batch_key)
     if labels is not None and graph is not None:
         logg.info(f"    graph {graph_key!r} is used as it is; batch_key={batch_key!r} sets per-batch size factors")
-    if not isinstance(return_model, bool | np.bool_):
-        raise TypeError(f"return_model must be True or False, got {return_model!r}.")
+    params = {"layer": layer, "counts_layer": counts_layer, "graph_key": graph_key, "batch_key": batch_key}
+    return {"X": X, "counts": counts, "graph": graph, "labels": labels, "params": params}
+
+
+def _check_filename(filename: Any, n_ranks: int) -> Path | None:
+    if filename is None:
+        return None
+    if n_ranks > 1:
+        raise ValueError(
+            f"filename= is not supported with {n_ranks} processes (every rank would write the same file); "
+            "impute into memory and write the result from rank 0, or run as one process."
+        )
+    if not isinstance(filename, str | os.PathLike):
+        raise TypeError(f"filename must be a path or None, got {type(filename).__name__}.")
+    filename = Path(filename)
+    if filename.exists():
+        raise ValueError(f"{str(filename)!r} exists; remove it or choose another filename.")
+    if not filename.parent.is_dir():
+        raise ValueError(f"The folder of filename={str(filename)!r} does not exist.")
+    return filename
+
+
+def _prepare_run(
+    model_cls: type[ImputationModel], adata: AnnData, options, device, random_state, filename, max_memory
+) -> dict[str, Any]:
+    """Device, process group, seed, ``batching="auto"`` and the memory check, before anything is allocated."""
     from ..nn import init_from_env, world_size
 
     dev = init_from_env(device)  # under torchrun: joins the process group; this rank's device
@@ -300,95 +278,83 @@ def impute(
         from ..nn._distributed import shared_seed
 
         run_seed = shared_seed()
-    if filename is not None and n_ranks > 1:
-        raise ValueError(
-            f"filename= is not supported with {n_ranks} processes (every rank would write the same file); "
-            "impute into memory and write the result from rank 0, or run as one process."
-        )
-    if filename is not None:
-        if not isinstance(filename, str | os.PathLike):
-            raise TypeError(f"filename must be a path or None, got {type(filename).__name__}.")
-        filename = Path(filename)
-        if filename.exists():
-            raise ValueError(f"{str(filename)!r} exists; remove it or choose another filename.")
-        if not filename.parent.is_dir():
-            raise ValueError(f"The folder of filename={str(filename)!r} does not exist.")
+    path = _check_filename(filename, n_ranks)
     budget = _utils.memory_budget(max_memory)
-    batching = choose_batching(
-        method, method_kwargs.get("batching", "auto"), adata.n_obs, adata.n_vars, dev.type, budget
-    )
-    method_kwargs["batching"] = batching
-    to_file = filename is not None and batching == "subgraph" and method == "scvgae"
+    requested = options.training.batching
+    batching = model_cls.resolve_batching(requested, adata.n_obs, adata.n_vars, dev.type, budget)
+    options = options.replace(batching=batching)
+    to_file = path is not None and batching == "subgraph" and model_cls.streams_output
+    hint = ""
+    if model_cls.streams_output and batching == "subgraph" and path is None:
+        hint = " Or pass filename= to write the imputed matrix to disk instead of memory (one dense copy less)."
     _utils.check_memory(
-        impute_memory(method, adata.n_obs, adata.n_vars, dev.type, batching=batching, to_file=to_file),
-        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {method!r} on {dev.type} "
+        model_cls.memory(adata.n_obs, adata.n_vars, dev.type, batching=batching, to_file=to_file),
+        what=f"Imputing {adata.n_obs} cells × {adata.n_vars} genes with {model_cls.method!r} on {dev.type} "
         f"(batching={batching!r})",
         max_memory=max_memory,
-        hint=(
-            " Or pass filename= to write the imputed matrix to disk instead of memory (one dense copy less)."
-            if method == "scvgae" and batching == "subgraph" and filename is None
-            else ""
-        ),
+        hint=hint,
     )
+    params = {"random_state": random_state, "filename": None if path is None else str(path), "world_size": n_ranks}
+    return {"device": dev, "seed": run_seed, "options": options, "path": path, "to_file": to_file, "params": params}
 
-    if method == "scvgae":
-        from ._scvgae import run_scvgae as runner
-    else:
-        from ._gnnimpute import run_gnnimpute as runner
 
-    start = logg.info(f"imputing with {method!r}")
-    t0 = time.perf_counter()
+def _train(model_cls: type[ImputationModel], run: dict[str, Any], inputs: dict[str, Any], normalization, max_epochs):
+    """Train and impute; the output goes to ``run["path"]`` when given (removed again on an error)."""
+    path, X = run["path"], inputs["X"]
     out = None
-    if to_file:
-        out = np.lib.format.open_memmap(filename, mode="w+", dtype=np.float32, shape=(adata.n_obs, adata.n_vars))
-        method_kwargs["out"] = out
+    if run["to_file"]:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=X.shape)
     try:
-        result: ImputeResult = runner(
+        result: ImputeResult = model_cls.train(
             X,
-            counts,
-            provided_graph=graph,
-            normalization=layer_normalization(adata, layer),
+            inputs["counts"],
+            options=run["options"],
+            provided_graph=inputs["graph"],
+            normalization=normalization,
             max_epochs=max_epochs,
-            device=dev,
-            random_state=run_seed,
-            batch_labels=labels,
-            **method_kwargs,
+            device=run["device"],
+            random_state=run["seed"],
+            batch_labels=inputs["labels"],
+            out=out,
         )
     except BaseException:
         if out is not None:
-            del out, method_kwargs["out"]
-            filename.unlink(missing_ok=True)
+            del out
+            path.unlink(missing_ok=True)
         raise
-    if filename is not None and out is None:
-        out = np.lib.format.open_memmap(filename, mode="w+", dtype=np.float32, shape=(adata.n_obs, adata.n_vars))
+    if path is not None and out is None:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=X.shape)
         out[...] = result.imputed
         result.imputed = out
     if out is not None:
         out.flush()
         result.imputed = out.view(np.ndarray)
-    runtime = time.perf_counter() - t0
+    run["params"].update(inputs["params"], max_epochs=max_epochs)
+    return result
+
+
+def _write(
+    adata: AnnData, key: str, method: str, result: ImputeResult, runtime: float, run_params, batch_key
+) -> dict[str, Any]:
+    """Write the results into ``adata`` (one place); the flat ``params`` written to ``uns[key]``."""
     method_params = dict(result.params)
     if batch_key is None:
         method_params.pop("batch_mode", None)
-
-    from .. import __version__
-
-    if copy:
-        adata = adata.copy()
     adata.layers[key] = result.imputed
     adata.obsm[latent_key(key)] = result.latent
     adata.obsp[connectivities_key(key)] = result.graph
+    p = run_params
     params = params_for_uns(
         {
             "method": method,
-            "layer": layer,
-            "counts_layer": counts_layer,
-            "graph_key": graph_key,
-            "max_epochs": max_epochs,
-            "random_state": random_state,
-            "filename": None if filename is None else str(filename),
-            "batch_key": batch_key,
-            "world_size": n_ranks,
+            "layer": p["layer"],
+            "counts_layer": p["counts_layer"],
+            "graph_key": p["graph_key"],
+            "max_epochs": p["max_epochs"],
+            "random_state": p["random_state"],
+            "filename": p["filename"],
+            "batch_key": p["batch_key"],
+            "world_size": p["world_size"],
             **method_params,
         }
     )
@@ -400,15 +366,4 @@ def impute(
         "runtime_s": float(runtime),
         "version": __version__,
     }
-    logg.info(
-        f"    finished ({runtime:.1f} s on {result.device})",
-        time=start,
-        deep=f"added {key!r} (adata.layers), {latent_key(key)!r} (adata.obsm), "
-        f"{connectivities_key(key)!r} (adata.obsp), {key!r} (adata.uns)",
-    )
-    if not return_model:
-        return adata if copy else None
-    from ._model import ImputationModel
-
-    model = ImputationModel._from_result(adata, result, method=method, layer=layer, params=params)
-    return (adata, model) if copy else model
+    return params

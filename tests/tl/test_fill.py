@@ -71,7 +71,7 @@ def test_fill_weights_stay_non_negative():
 @pytest.mark.parametrize("hops", [1, 3])
 def test_chunked_neighbourhood_rows_equal_the_whole_matrix(hops):
     """The subgraph path's statistics (rows at a time, the first steps walked once) are the full computation."""
-    from scvgae_sc.tl._scvgae_subgraph import _neighbourhood_rows
+    from scvgae_sc.tl._models._scvgae_subgraph import _neighbourhood_rows
 
     n, g = 50, 8
     rng = np.random.default_rng(7)

@@ -10,7 +10,7 @@ from scipy import sparse
 import scvgae_sc as sv
 from scvgae_sc.tl._common import size_factors
 
-gnn_module = importlib.import_module("scvgae_sc.tl._gnnimpute")
+gnn_module = importlib.import_module("scvgae_sc.tl._models._gnnimpute")
 
 EPOCHS = 4
 #: A narrow network for tests that train for a while (the published widths are tested in the contract test).
@@ -364,13 +364,14 @@ def test_neighbourhood_statistics_by_gene_blocks(monkeypatch):
 def test_fill_by_gene_blocks_matches(prepared, monkeypatch):
     """The fill computed over small blocks of genes is the one computed over the whole matrix."""
     import scvgae_sc.tl._common as common
+    import scvgae_sc.tl._output as output_module
 
     kw = {"layer": "total", "max_epochs": 2, "copy": True, "random_state": 0, "fill_gate": 0.3, **SMALL}
     whole = sv.tl.impute(prepared, method="gnnimpute", **kw)
     original = common.column_blocks
     small = lambda r, c, elements=None: original(r, c, elements=r * 100)  # noqa: E731
     monkeypatch.setattr(common, "column_blocks", small)
-    monkeypatch.setattr(gnn_module, "column_blocks", small)
+    monkeypatch.setattr(output_module, "column_blocks", small)
     blocks = sv.tl.impute(prepared, method="gnnimpute", **kw)
     assert len(small(*prepared.shape)) > 5
     for k in ("fill_scale_used", "graph_weight_used"):

@@ -163,7 +163,7 @@ def test_memory_guard_refuses_with_the_figure(trained, snapshot, monkeypatch):
     snap = snapshot(adata)
     monkeypatch.setattr(_utils, "available_memory", lambda: 1e6)  # 1 MB available
     # batching="auto" falls back to subgraphs when full batch does not fit; refused with that estimate
-    need = sv.tl._impute.impute_memory("scvgae", *adata.shape, batching="subgraph")
+    need = sv.tl.ImputationModel.registered("scvgae").memory(*adata.shape, batching="subgraph")
     with pytest.raises(ValueError, match=rf"needs about {need / 1e9:.2f} GB.*only 0.00 GB are available"):
         sv.tl.impute(adata, method="scvgae", max_epochs=1, progress_bar=False)
     snap.assert_unchanged(adata)

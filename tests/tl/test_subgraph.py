@@ -11,7 +11,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 import scvgae_sc as sv
 from scvgae_sc.nn import SCVGAE
 from scvgae_sc.tl._common import edge_tensors
-from scvgae_sc.tl._scvgae import predict_scvgae
+from scvgae_sc.tl._models._scvgae import predict_scvgae
 from scvgae_sc.tl._subgraph import SubgraphSampler, gcn_adjacency
 
 EPOCHS = 3
@@ -105,7 +105,10 @@ def test_subgraph_training_contract_determinism_and_recovery(masked):
 def test_auto_batching_follows_the_memory_budget(masked, tmp_path):
     import scanpy as sc
 
-    from scvgae_sc.tl._impute import DENSE_COPIES, DENSE_COPIES_SUBGRAPH
+    from scvgae_sc.tl._models import SCVGAEModel
+
+    DENSE_COPIES = {"scvgae": SCVGAEModel.dense_copies}
+    DENSE_COPIES_SUBGRAPH = {"scvgae": SCVGAEModel.dense_copies_subgraph}
 
     size = masked.n_obs * masked.n_vars * 4
     old = sc.settings.verbosity
@@ -169,7 +172,9 @@ def test_saved_subgraph_model_reproduces_its_output(masked, tmp_path):
 
 def test_gnnimpute_subgraph_training(masked):
     """GNNImpute on subgraphs: deterministic, recovers hidden values, chosen by ``auto`` when memory is short."""
-    from scvgae_sc.tl._impute import DENSE_COPIES_SUBGRAPH
+    from scvgae_sc.tl._models import GNNImputeModel
+
+    DENSE_COPIES_SUBGRAPH = {"gnnimpute": GNNImputeModel.dense_copies_subgraph}
 
     kw = {"method": "gnnimpute", "layer": "masked", "counts_layer": "masked_counts", "progress_bar": False}
     kw.update(max_epochs=12, batch_size=128)
@@ -188,7 +193,7 @@ def test_gnnimpute_subgraph_training(masked):
 
 def test_gnnimpute_chunked_forward_equals_the_whole_graph_forward():
     from scvgae_sc.nn import GNNImputeModule
-    from scvgae_sc.tl._gnnimpute_subgraph import forward_chunked
+    from scvgae_sc.tl._models._gnnimpute_subgraph import forward_chunked
 
     n, g = 70, 20
     A = _graph(n, seed=5)

@@ -1,4 +1,4 @@
-"""scVGAE trained and applied over cell subgraphs (``batching="subgraph"``); see :mod:`._subgraph`.
+"""scVGAE trained and applied over cell subgraphs (``batching="subgraph"``); see :mod:`scvgae_sc.tl._subgraph`.
 
 The data stay on the host as NumPy / SciPy arrays; each batch's rows go to the device. Memory: the input,
 its masked copy, the observed-entry masks and the output (dense ``n_cells × n_genes``, the output optionally on
@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ._common import fill_weights_from_sums, gated, neighbourhood_operator
-from ._subgraph import SubgraphSampler, gcn_adjacency
+from .._common import epoch_steps, fill_weights_from_sums, gated, neighbourhood_operator
+from .._output import finish_host, finish_rows
+from .._subgraph import SubgraphSampler, gcn_adjacency
 
 #: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
 _MASK_ROWS = 4096
@@ -139,20 +140,9 @@ def _neighbourhood_rows(
 
 
 def _fill_rows(recon, x_rows, stats, *, transform: str, fill_gate: float, fill_scale: float, graph_weight: float):
-    """:func:`._scvgae._fill` on a chunk of rows.
-
-    ``x_rows``: the input rows as NumPy (``None``: keep no values); ``stats``: the rows' ``(rate, graph_mean)``,
-    either ``None`` when unused.
-    """
-    import torch
-
-    from ._scvgae import _fill
-
-    rate, graph_mean = (None if a is None else torch.from_numpy(a).to(recon.device) for a in stats)
-    xr = None if x_rows is None else torch.from_numpy(x_rows).to(recon.device)
-    observed = None if xr is None else xr > 0
-    kwargs = {"transform": transform, "fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
-    return _fill(recon, xr, observed, rate=rate, graph_mean=graph_mean, **kwargs)
+    """The ``output="fill"`` values of a chunk of rows (see :func:`scvgae_sc.tl._output.finish_rows`)."""
+    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
+    return finish_rows(recon, x_rows, stats, output="fill", transform=transform, **fill)
 
 
 def predict_scvgae_subgraph(
@@ -177,33 +167,19 @@ def predict_scvgae_subgraph(
     ``out`` receives the result (a preallocated ``n_cells × n_genes`` float32 array, e.g. a :class:`numpy.memmap`);
     by default a new array.
     """
-    n = x.shape[0]
     sampler = SubgraphSampler(gcn_adjacency(graph))
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
     stats_of = None
     if output == "fill" and (fill_gate > 0 or graph_weight):
         stats_of = _neighbourhood_rows(graph, x, hops=fill_hops, transform=transform, with_mean=bool(graph_weight))
-    fill = {"transform": transform, "fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
+    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
     latent: list = []
     for rows, recon in reconstructions(module, sampler, x, device, chunk, latent):
-        if output == "fill":
-            stats = stats_of(rows) if stats_of is not None else (None, None)
-            recon = _fill_rows(recon, x[rows], stats, **fill)
+        stats = stats_of(rows) if stats_of is not None else (None, None)
+        recon = finish_rows(recon, x[rows], stats, output=output, transform=transform, **fill)
         out[rows] = recon.cpu().numpy()
-    if output == "recon":
-        if calibrate:
-            for start in range(0, x.shape[1], chunk):
-                cols = slice(start, start + chunk)
-                r, xc = out[:, cols].astype(np.float64), x[:, cols].astype(np.float64)
-                rc = r - r.mean(0)
-                slope = (rc * (xc - xc.mean(0))).mean(0) / np.maximum(rc.var(0), 1e-12)
-                out[:, cols] = rc * slope + xc.mean(0)
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
-            np.clip(out[rows], 0, None, out=out[rows])
-            if transform == "log1p":
-                np.expm1(out[rows], out=out[rows])
+    finish_host(out, x, output=output, calibrate=calibrate, transform=transform, chunk=chunk)
     return out, np.ascontiguousarray(latent[0].cpu().numpy(), dtype=np.float32)
 
 
@@ -274,14 +250,14 @@ def subgraph_train_step(
     ``loss_fn(out, x_rows, counts_rows, sf_rows, hidden_rows)`` returns the loss components.
 
     Data-parallel (a process group with several ranks): all ranks draw the same masks and permutation (the same
-    ``rng``), each trains on its share of every step's cells (:func:`~._common.sharded_batches`), and the batch
+    ``rng``), each trains on its share of every step's cells (:func:`~scvgae_sc.tl._common.sharded_batches`), and
+    the batch
     latents of all ranks are gathered into every rank's history, which thus stays the same on every rank.
     """
     import torch
 
-    from ..nn import rank, world_size
-    from ..nn._distributed import all_gather_rows
-    from ._common import epoch_steps
+    from ...nn import rank, world_size
+    from ...nn._distributed import all_gather_rows
 
     n = x.shape[0]
     state: dict[str, Any] = {}

@@ -1,4 +1,9 @@
-"""Trained imputation models that can be saved, loaded and re-applied to the cells they were trained on."""
+"""The base class of the imputation methods: a registry by method name, training results, save / load, predict.
+
+One subclass per method (:class:`~scvgae_sc.tl._models.SCVGAEModel`, :class:`~scvgae_sc.tl._models.GNNImputeModel`)
+registers itself under its method name; :func:`scvgae_sc.tl.impute` looks the class up by that name, so a new method
+is a new subclass and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,43 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._constants import connectivities_key, latent_key
-from .._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns, to_dense_array
+from ..._constants import connectivities_key, latent_key
+from ..._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns
+from ..._version import __version__
+from ._options import MethodOptions
 
 #: Version of the on-disk format (``major.minor``). A reader refuses a newer major or minor version; a minor
 #: bump adds fields an older reader could ignore, a major one changes their meaning.
 FORMAT_VERSION = "1.0"
 _FILES = {"config": "model.json", "weights": "weights.pt", "graph": "graph.npz", "history": "history.npz"}
-_MODULES = {"scvgae": "SCVGAE", "gnnimpute": "GNNImputeModule"}
+#: The model class of each method name (filled by subclasses of :class:`ImputationModel`).
+_REGISTRY: dict[str, type[ImputationModel]] = {}
+
+
+@dataclass
+class ImputeResult:
+    """What a method's training hands back to :func:`~scvgae_sc.tl.impute` (tensors converted to NumPy)."""
+
+    imputed: np.ndarray
+    latent: np.ndarray
+    history: dict[str, np.ndarray]
+    params: dict[str, Any]
+    graph: sparse.csr_matrix
+    graph_info: dict[str, Any]
+    device: str
+    #: What a saved model needs: ``"module"`` (the trained torch module), ``"module_kwargs"`` (its constructor
+    #: arguments) and ``"predict_kwargs"`` (of the method's prediction).
+    model_state: dict[str, Any] | None = None
 
 
 def _json_default(value: Any) -> Any:
@@ -42,17 +67,6 @@ def _version_tuple(version: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def _build_module(method: str, module_kwargs: dict[str, Any]):
-    from ..nn import SCVGAE, GNNImputeModule
-
-    kwargs = dict(module_kwargs)
-    n_genes = kwargs.pop("n_genes")
-    if method == "scvgae":
-        n_cells = kwargs.pop("n_cells")
-        return SCVGAE(n_genes, n_cells, **kwargs)
-    return GNNImputeModule(n_genes, **kwargs)
-
-
 class ImputationModel:
     """A trained imputation model: save it, load it, and re-apply it to the cells it was trained on.
 
@@ -68,10 +82,11 @@ class ImputationModel:
     (:func:`torch.save` of the module's ``state_dict``), ``graph.npz`` (the cell graph) and ``history.npz``
     (the training curves).
 
+    Each method is a subclass registered under its name (``ImputationModel.registered("scvgae")``); the class
+    attributes below describe the method to :func:`~scvgae_sc.tl.impute` (memory estimate, ``batching="auto"``).
+
     Parameters
     ----------
-    method
-        ``"scvgae"`` or ``"gnnimpute"``.
     module
         The trained torch module (:class:`~scvgae_sc.nn.SCVGAE` or :class:`~scvgae_sc.nn.GNNImputeModule`).
     config
@@ -84,23 +99,113 @@ class ImputationModel:
         Per-epoch training curves.
     """
 
+    #: The method's name (the ``method`` of :func:`~scvgae_sc.tl.impute`).
+    method: ClassVar[str] = ""
+    #: The torch module's class name, as written to ``model.json``.
+    module_class: ClassVar[str] = ""
+    #: The options of the method.
+    options_class: ClassVar[type[MethodOptions]] = MethodOptions
+    #: Training epochs when ``max_epochs`` is ``None``.
+    default_max_epochs: ClassVar[int] = 100
+    #: Peak memory of a CPU run with ``batching="full"``, in dense float32 copies of the cells × genes matrix.
+    dense_copies: ClassVar[float] = 20
+    #: The same with ``batching="subgraph"``.
+    dense_copies_subgraph: ClassVar[float] = 6
+    #: On a GPU the host keeps about the dense input, the counts and the output.
+    dense_copies_host: ClassVar[float] = 4
+    #: Whether writing the output to a file saves one dense copy (subgraph prediction written chunk by chunk).
+    streams_output: ClassVar[bool] = False
+    #: Above this many cells, ``batching="auto"`` trains on subgraphs; with ``None`` only the memory budget decides.
+    subgraph_min_cells: ClassVar[int | None] = None
+    #: Position of the method in listings (:meth:`methods`).
+    listing_order: ClassVar[int] = 100
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.method:
+            _REGISTRY[cls.method] = cls
+
+    @staticmethod
+    def registered(method: str) -> type[ImputationModel]:
+        """The model class of ``method``.
+
+        Raises
+        ------
+        ValueError
+            For a method that no class is registered under.
+        """
+        if method not in _REGISTRY:
+            raise ValueError(f"method must be one of {ImputationModel.methods()}, got {method!r}.")
+        return _REGISTRY[method]
+
+    @staticmethod
+    def methods() -> tuple[str, ...]:
+        """The registered method names."""
+        return tuple(sorted(_REGISTRY, key=lambda m: (_REGISTRY[m].listing_order, m)))
+
     def __init__(
         self,
-        method: str,
         module: Any,
         config: dict[str, Any],
         *,
         graph: sparse.csr_matrix,
         history: dict[str, np.ndarray] | None = None,
     ) -> None:
-        if method not in _MODULES:
-            raise ValueError(f"method must be one of {tuple(_MODULES)}, got {method!r}.")
-        self.method = method
+        if not self.method:
+            raise TypeError("ImputationModel is the base class; use ImputationModel.registered(method) or load().")
         self.module = module.cpu()
         self.module.eval()
         self.config = dict(config)
         self.graph = sparse.csr_matrix(graph, dtype=np.float32)
         self.history = {k: np.asarray(v) for k, v in (history or {}).items()}
+
+    # ------------------------------------------------------------------ the method's parts (subclasses)
+    @classmethod
+    def build_module(cls, module_kwargs: dict[str, Any]) -> Any:
+        """The untrained torch module from its constructor arguments (as saved in ``model.json``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def train(cls, X, counts, *, options: MethodOptions, **data: Any) -> ImputeResult:
+        """Train on the input layer ``X`` and ``counts`` (see the subclasses) and impute."""
+        raise NotImplementedError
+
+    def _predict_arrays(self, X, dev) -> tuple[np.ndarray, np.ndarray]:
+        """``(imputed, latent)`` of the input layer ``X`` with the module on ``dev``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ memory and batching
+    @classmethod
+    def memory(
+        cls, n_obs: int, n_vars: int, device_type: str = "cpu", *, batching: str = "full", to_file: bool = False
+    ) -> float:
+        """Estimated peak host memory (bytes) of training and imputing ``n_obs`` × ``n_vars``."""
+        if batching == "subgraph":
+            copies = cls.dense_copies_subgraph - (1 if to_file else 0)
+        else:
+            copies = cls.dense_copies if device_type == "cpu" else cls.dense_copies_host
+        return float(copies) * n_obs * n_vars * 4
+
+    @classmethod
+    def resolve_batching(cls, requested: str, n_obs: int, n_vars: int, device_type: str, budget: float | None) -> str:
+        """Resolve ``batching="auto"``: subgraphs when full batch does not fit ``budget`` or the graph is large."""
+        if requested != "auto":
+            return requested
+        need = cls.memory(n_obs, n_vars, device_type)
+        if budget is not None and need > budget:
+            logg.info(
+                f"    batching='subgraph': full-batch training would need about {need / 1e9:.1f} GB, more than the "
+                f"{budget / 1e9:.1f} GB budget"
+            )
+            return "subgraph"
+        if cls.subgraph_min_cells is not None and n_obs > cls.subgraph_min_cells:
+            logg.info(
+                f"    batching='subgraph': {n_obs} cells > {cls.subgraph_min_cells} (a full-graph encoder per batch "
+                "would cost n_cells² / batch_size per epoch)"
+            )
+            return "subgraph"
+        logg.info(f"    batching='full': about {need / 1e9:.2f} GB fits the budget")
+        return "full"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -131,12 +236,10 @@ class ImputationModel:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def _from_result(
-        cls, adata: AnnData, result: Any, *, method: str, layer: str | None, params: dict
-    ) -> ImputationModel:
+    def _from_result(cls, adata: AnnData, result: ImputeResult, *, layer: str | None, params: dict) -> ImputationModel:
         state = result.model_state
-        if state is None:  # pragma: no cover - both runners fill it
-            raise ValueError(f"The {method!r} runner returned no model state.")
+        if state is None:  # pragma: no cover - every method fills it
+            raise ValueError(f"The {cls.method!r} training returned no model state.")
         config = {
             "module_kwargs": dict(state["module_kwargs"]),
             "predict_kwargs": dict(state["predict_kwargs"]),
@@ -147,10 +250,8 @@ class ImputationModel:
             "var_names": [str(x) for x in adata.var_names],
             "trained_on": result.device,
         }
-        from .. import __version__
-
         config["version"] = __version__
-        return cls(method, state["module"], config, graph=result.graph, history=result.history)
+        return cls(state["module"], config, graph=result.graph, history=result.history)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: PathLike[str] | str, *, overwrite: bool = False) -> None:
@@ -165,8 +266,6 @@ class ImputationModel:
         """
         import torch
 
-        from .. import __version__
-
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"{str(path)!r} exists and is not a folder.")
@@ -180,7 +279,7 @@ class ImputationModel:
                 "format_version": FORMAT_VERSION,
                 "package_version": __version__,
                 "method": self.method,
-                "module_class": _MODULES[self.method],
+                "module_class": self.module_class,
                 "n_obs": self.n_obs,
                 "n_vars": self.n_vars,
                 **self.config,
@@ -217,8 +316,6 @@ class ImputationModel:
         """
         import torch
 
-        from .. import __version__
-
         path = Path(path)
         config_file = path / _FILES["config"]
         if not config_file.is_file():
@@ -243,17 +340,24 @@ class ImputationModel:
                 stacklevel=2,
             )
         method = config.pop("method", None)
-        if method not in _MODULES:
+        if method not in _REGISTRY:
             raise ValueError(f"{str(config_file)!r} names an unknown method {method!r}.")
+        model_cls = _REGISTRY[method]
         for key in ("format_version", "package_version", "module_class", "n_obs", "n_vars"):
             config.pop(key, None)
-        module = _build_module(method, config["module_kwargs"])
-        state = torch.load(path / _FILES["weights"], map_location="cpu", weights_only=True)
-        module.load_state_dict(state)
+        try:
+            module = model_cls.build_module(config["module_kwargs"])
+            state = torch.load(path / _FILES["weights"], map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise ValueError(
+                f"The {method!r} model in {str(path)!r} (saved by scvgae-sc {saved_by}) cannot be rebuilt by this "
+                f"scvgae-sc ({__version__}): {err}. Train it again with `scvgae_sc.tl.impute(return_model=True)`."
+            ) from err
         graph = sparse.load_npz(path / _FILES["graph"])
         history_file = path / _FILES["history"]
         history = dict(np.load(history_file)) if history_file.is_file() else {}
-        return cls(method, module, config, graph=graph, history=history)
+        return model_cls(module, config, graph=graph, history=history)
 
     # ------------------------------------------------------------------ apply
     def _check_cells(self, adata: AnnData) -> None:
@@ -277,10 +381,7 @@ class ImputationModel:
                 )
 
     def _run(self, adata: AnnData, device: str, max_memory: float | None):
-        import torch
-
-        from ..nn import resolve_device
-        from ._common import dense_tensor, edge_tensors
+        from ...nn import resolve_device
 
         check_adata(adata)
         self._check_cells(adata)
@@ -296,25 +397,7 @@ class ImputationModel:
         )
         module = self.module.to(dev)
         try:
-            edge_index, edge_weight = edge_tensors(self.graph, dev)
-            pk = self.config["predict_kwargs"]
-            if self.method == "scvgae":
-                from ._scvgae import predict_scvgae, scvgae_input
-
-                if pk.get("batching") == "subgraph":  # chunk by chunk from the host copy
-                    x = to_dense_array(scvgae_input(X, pk["transform"]), np.float32)
-                    imputed, latent = predict_scvgae(module, x, None, None, graph=self.graph, device=dev, **pk)
-                else:
-                    x = dense_tensor(scvgae_input(X, pk["transform"]), dev)
-                    if hasattr(module, "reset_cache"):
-                        module.reset_cache()
-                    imputed, latent = predict_scvgae(module, x, edge_index, edge_weight, graph=self.graph, **pk)
-            else:
-                from ._gnnimpute import gnnimpute_input, predict_gnnimpute
-
-                Xlin, _, Xz, _ = gnnimpute_input(X)
-                x, target = torch.from_numpy(Xz).to(dev), torch.from_numpy(Xlin).to(dev)
-                _, imputed, latent = predict_gnnimpute(module, x, edge_index, target, graph=self.graph, **pk)
+            imputed, latent = self._predict_arrays(X, dev)
         finally:
             self.module = module.cpu()
             if hasattr(self.module, "reset_cache"):
@@ -347,6 +430,31 @@ class ImputationModel:
         """
         imputed, _, _ = self._run(adata, device, max_memory)
         return imputed
+
+    def get_latent_representation(
+        self,
+        adata: AnnData,
+        *,
+        device: str = "auto",
+        max_memory: float | None = None,
+    ) -> np.ndarray:
+        """The latent representation of ``adata``'s cells (what :func:`~scvgae_sc.tl.impute` writes to ``obsm``).
+
+        Parameters
+        ----------
+        adata
+            The cells and genes the model was trained on (checked by name and order).
+        device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        max_memory
+            Bytes the dense copies may take (``None``: the memory available).
+
+        Returns
+        -------
+        ``(n_obs, n_latent)`` float32 array; ``adata`` is not changed.
+        """
+        _, latent, _ = self._run(adata, device, max_memory)
+        return latent
 
     def impute(
         self,
@@ -386,8 +494,6 @@ class ImputationModel:
         t0 = time.perf_counter()
         imputed, latent, dev = self._run(adata, device, max_memory)
         runtime = time.perf_counter() - t0
-
-        from .. import __version__
 
         if copy:
             adata = adata.copy()

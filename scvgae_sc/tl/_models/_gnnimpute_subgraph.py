@@ -1,4 +1,4 @@
-"""GNNImpute trained over cell subgraphs (``batching="subgraph"``); see :mod:`._subgraph`."""
+"""GNNImpute trained over cell subgraphs (``batching="subgraph"``); see :mod:`scvgae_sc.tl._subgraph`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from ._subgraph import SubgraphSampler
+from .._common import epoch_steps
+from .._subgraph import SubgraphSampler
 
 
 def subgraph_train_step(
+    model,
     A: sparse.spmatrix,
     x,
     target,
@@ -27,6 +29,8 @@ def subgraph_train_step(
 ) -> Callable:
     """A ``train_step(module, epoch)`` yielding one loss per random batch of cells.
 
+    The loss is ``model``'s :meth:`~scvgae_sc.nn.GNNImputeModule.imputation_loss`.
+
     Each epoch draws one input corruption (``corrupt(draw_mask())``) for all cells, then visits every cell
     once in batches: the first GAT layer of the batch from its cells and their neighbours (exact), the second
     with the neighbours' first-layer output from a history buffer. The loss is the MSE of the decoder output
@@ -35,15 +39,14 @@ def subgraph_train_step(
     observed non-zeros (the entries ``draw_mask`` chooses from).
 
     Data-parallel (a process group with several ranks): all ranks draw the same corruption and permutation
-    (the same ``gen``), each trains on its share of every step's cells (:func:`~._common.sharded_batches`), and
+    (the same ``gen``), each trains on its share of every step's cells
+    (:func:`~scvgae_sc.tl._common.sharded_batches`), and
     the first-layer outputs of all ranks' batches are gathered into every rank's history.
     """
     import torch
-    import torch.nn.functional as F
 
-    from ..nn import rank, world_size
-    from ..nn._distributed import all_gather_rows
-    from ._common import epoch_steps
+    from ...nn import rank, world_size
+    from ...nn._distributed import all_gather_rows
 
     n, n_genes = x.shape
     dev = x.device
@@ -96,14 +99,12 @@ def subgraph_train_step(
             if not bool(train.any()):  # no training cell in this batch: nothing to learn from, keep the step
                 yield {"loss": recon.sum() * 0, "mse": recon.sum() * 0}
                 continue
-            mse = F.mse_loss(recon[train], truth[train])
-            comps = {"loss": mse, "mse": mse}
-            if hidden_dense is not None:
-                hid = hidden_dense[rows] & train.unsqueeze(1)
-                masked = F.mse_loss(recon[hid], truth[hid]) if bool(hid.any()) else recon.sum() * 0
-                comps["masked"] = masked
-                comps["loss"] = comps["loss"] + mask_weight * masked
-            yield comps
+            out, truth_train = {"recon": recon}, truth[train]
+            if hidden_dense is None:
+                yield model.imputation_loss(out, train, truth_train)
+                continue
+            hid = hidden_dense[rows] & train.unsqueeze(1)
+            yield model.imputation_loss(out, train, truth_train, hid, truth[hid], hidden_weight=mask_weight)
 
     return train_step
 
@@ -144,3 +145,14 @@ def forward_chunked(module, x, graph: sparse.spmatrix, size_factors=None, *, chu
             r = r * size_factors[sl].to(r.dtype).unsqueeze(1)
         recon[sl] = r
     return {"recon": recon, "z": z}
+
+
+def graph_forward(module, x, edge_index, graph: sparse.spmatrix, factors=None, *, batching: str, chunk: int):
+    """The whole-graph forward of training's data path: one pass (``"full"``) or chunks of cells (``"subgraph"``).
+
+    The one forward of validation, the fill's calibration and prediction: chunked with ``batching="subgraph"``,
+    where whole-graph attention messages would dominate the memory (:func:`forward_chunked`, the same numbers).
+    """
+    if batching == "subgraph":
+        return forward_chunked(module, x, graph, factors, chunk=chunk)
+    return module(x, edge_index, factors)

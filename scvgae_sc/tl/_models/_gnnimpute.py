@@ -1,0 +1,523 @@
+"""GNNImpute (:class:`GNNImputeModel`): AnnData-free training and prediction of ``tl.impute(method="gnnimpute")``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scanpy import logging as logg
+from scipy import sparse
+
+from ..._utils import to_dense_array
+from .._common import (
+    Neighbourhood,
+    edge_tensors,
+    fit_fill_weights,
+    gated,
+    history_arrays,
+    neighbourhood_at,
+    progress_enabled,
+    resolve_graph,
+    size_factors,
+)
+from .._output import finish_blocks
+from ._base import ImputationModel, ImputeResult
+from ._gnnimpute_subgraph import graph_forward
+from ._options import GNNImputeOptions, check_split
+from ._plans import GNNImputePlan
+
+#: Defaults of the method's own options (see :func:`gnnimpute_options`).
+DEFAULTS: dict[str, Any] = GNNImputeOptions.defaults()
+MAX_EPOCHS = 3000
+#: ``patience="auto"``: epochs without improvement before early stopping, without / with the fill's graph term.
+PATIENCE = 100
+PATIENCE_GRAPH_FILL = 50
+#: Fewer cells cannot be split into training, validation and test cells.
+MIN_CELLS = 10
+
+
+def gnnimpute_options() -> dict[str, Any]:
+    """Return the options of ``tl.impute(method="gnnimpute", ...)`` and their defaults.
+
+    What the method does (Xu et al., 2021, with the changes noted):
+
+    * Input: ``log1p`` of the input layer, then z-scored per gene (genes without variance are only centred).
+      The input layer should be linear normalized counts (``pp.normalize(method="total")``); other layers
+      work but draw a warning.
+    * Graph (when no ``graph_key`` is given): PCA (``n_pcs``) of ``log1p`` of the input layer, then each
+      cell's ``n_neighbors`` nearest cells counting itself, row-normalized — ``pp.cell_graph(method="knn",
+      n_neighbors=5, self_loops=True, normalize="row")`` on that matrix. GAT attention computes its own
+      edge weights, so only the neighbour sets matter; every cell attends to itself once.
+    * Network: two GAT layers (heads averaged) with BatchNorm, ReLU and dropout, a decoder ``Linear →
+      BatchNorm → ReLU → Linear → ReLU`` (:class:`scvgae_sc.nn.GNNImputeModule`), sparse message passing.
+      The bias of the decoder's last layer starts at each gene's mean of the input layer (not in the published
+      code; the same results in about half the epochs).
+    * Scale: the decoder output is the expression on the input layer's scale; in training it is
+      multiplied by each cell's size factor (library size / median library size, from the counts layer)
+      and compared with the input layer times the same factor — for a ``"total"`` layer, that is the
+      cell's counts (as DCA, whose size-factor decoder GNNImpute's follows). The loss is thus the MSE on
+      the layer's scale weighted by ``size_factor²``. The imputed matrix is the decoder output itself, on
+      the input layer's scale.
+    * Training: cells are split at random (``random_state``) into training, validation and test cells
+      (``split``); the loss is the MSE over all entries of the training cells, early stopping watches the
+      same loss on the validation cells (``val_loss``), and the best epoch's weights are kept (in memory).
+      The test cells' MSE is reported as ``history["test_mse"]``.
+
+    ``n_neighbors`` (5), ``n_pcs`` (50)
+        The kNN graph built when no ``graph_key`` is given (``n_neighbors`` counts the cell itself).
+    ``patience`` (``"auto"``)
+        Epochs without improvement of the validation loss before training stops. ``"auto"``: 50 where the fill
+        has the graph term (``graph_fill``; linear layers with masking, i.e. the masked-recovery task), 100
+        elsewhere (``patience_used`` in ``uns[key]["params"]``). With the graph term the fill leans on the
+        neighbourhood mean and longer training did not improve it on pbmc3k, bladder and pbmc68k (3 seeds each;
+        pbmc3k Pearson / MSE 0.890 / 8.56 against 0.888 / 8.75 in 230 instead of 612 CPU seconds); on
+        baron_mouse it scored 0.929 / 89.2 against 0.934 / 86.6 on seed 0 and 0.933 / 73.7 against 0.932 / 74.4 on
+        seed 1 (see the Benchmarks page of the documentation). On the sqrt layer that the clustering
+        protocol imputes patience 50 clustered worse (Leiden ARI 0.640 against 0.694 on pbmc3k), so it stays 100
+        there.
+    ``lr`` (2e-3), ``weight_decay`` (5e-4)
+        Adam settings. The published training is ``patience=200, lr=1e-3, precision="32"``; the defaults
+        (with ``precision="auto"``) took about 40 % of its CPU time on pbmc3k, with the same masked recovery
+        and paper-protocol ARI on average and a higher Leiden ARI (see the Benchmarks page of the documentation).
+        Early stopping makes the epoch count vary with the seed (210–1,140 epochs there).
+    ``hidden`` (512), ``latent`` (50), ``heads`` (3)
+        Width of the first GAT layer and of the decoder's hidden layer; width of the latent space
+        (``obsm["X_gnnimpute"]``); attention heads per GAT layer (averaged).
+    ``dropout`` (0.5), ``attention_dropout`` (0.6)
+        Dropout after each encoder block and on the attention coefficients (the published values).
+    ``split`` ((0.6, 0.2, 0.2))
+        Fractions of cells for training, validation (early stopping) and test; they must sum to 1 and give at
+        least one training and one validation cell.
+    ``mask_rate`` (0.1), ``mask_weight`` (1)
+        Self-supervised masking (not in the published method): each epoch this fraction of the observed
+        non-zeros is hidden from the input (set to the value of a zero), and the model is also trained
+        (weight ``mask_weight``) to recover the hidden entries of the training cells. The validation loss
+        includes the same term for a fixed mask of the validation cells, so early stopping watches
+        imputation, not only reconstruction. ``0`` turns it off (the published training).
+    ``output`` (``"fill"``)
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
+        ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output).
+    ``fill_gate`` (0), ``fill_scale`` (``"auto"``)
+        As for scVGAE (:func:`scvgae_options`): with ``fill_gate > 0`` a zero is filled with the full prediction
+        where the gene is detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the
+        prediction times (detection rate / ``fill_gate``) elsewhere. The default ``0`` fills every zero with
+        the full prediction: a gate of 0.4 cut masked recovery on pbmc3k from Pearson 0.88 / MSE 9.5 to
+        0.72 / 27.3 (seed 0, measured over the cell's direct neighbours before ``fill_hops`` existed) and did not
+        help the clustering scores.
+        ``fill_scale="fit"`` multiplies the fill values by the least-squares factor fitted on a fresh mask of
+        observed values (needs ``mask_rate > 0``); ``"auto"`` fits only together with ``graph_fill`` (GNNImpute
+        is trained on the layer's own scale), ``"none"`` never.
+    ``fill_hops`` (3), ``graph_fill`` (``"auto"``)
+        As for scVGAE: whether a zero's fill is ``w_model · prediction + w_graph · mean detected value in the
+        cell's neighbourhood``, both weights fitted by non-negative least squares on a fresh mask of observed
+        values (needs ``mask_rate > 0``; the fitted weights are ``fill_scale_used`` and ``graph_weight_used`` in
+        ``uns[key]["params"]``, the choice ``graph_fill_used``), and the neighbourhood of that mean and of
+        ``fill_gate``: the cells a random walk of ``fill_hops`` steps reaches on the k-NN graph made symmetric and
+        unweighted (a cell, the cells it lists and the cells that list it). ``"auto"`` turns the graph term on for
+        linear layers (``pp.normalize(method="total")``, masked or not), the layers whose hidden values the
+        masked-recovery benchmark scores, and off elsewhere (e.g. the sqrt layer that the clustering protocol
+        imputes). On pbmc3k's masked task the same trainings recovered hidden values with Pearson / MSE
+        0.873 / 10.25 and 0.887 / 8.99 without it, 0.881 / 9.34 and 0.893 / 8.33 with it (seeds 0, 1; mean of three
+        seeds 0.888 / 8.75; see the Benchmarks page of the documentation). A walk on the directed,
+        self-weighted graph the model trains on gave a weak neighbourhood mean.
+    ``batch_mode`` (``"within"``)
+        With ``tl.impute(batch_key=...)``, how the graph built here treats batches: neighbours only
+        ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see :func:`scvgae_sc.pp.cell_graph`).
+        Unused without ``batch_key`` or with a ``graph_key``. Size factors are per batch either way.
+    ``precision`` (``"auto"``)
+        ``"bf16"`` trains under bfloat16 autocast; ``"auto"`` does so where the device has fast bfloat16
+        arithmetic (:func:`scvgae_sc.nn.fast_bf16`: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX),
+        float32 (``"32"``) elsewhere. GNNImpute's cost is dominated by matrix products, which bfloat16 runs
+        ~2.7× faster on such a CPU. The choice is ``params["precision_used"]``.
+    ``batching`` (``"auto"``), ``batch_size`` (512)
+        ``"full"``: one optimizer step per epoch over the whole graph (the published training). ``"subgraph"``:
+        each epoch visits all cells in random batches of ``batch_size``, one step per batch; a batch's first
+        GAT layer is computed exactly from its cells and their neighbours, its second layer reads the
+        neighbours' first-layer output from a history buffer (refreshed whenever a cell is in a batch, so at
+        most one epoch old; historical embeddings as GNNAutoScale), and the loss covers the batch's
+        training cells. Memory: about 12 dense copies of the data instead of 28; validation and prediction
+        run exactly, in chunks of ``batch_size`` cells (whole-graph passes would hold attention messages for
+        every edge). ``"auto"`` picks ``"subgraph"`` when full-batch training
+        would not fit the memory budget (``max_memory`` of :func:`~scvgae_sc.tl.impute`). Under ``torchrun``,
+        ``"subgraph"`` shares each epoch's batches among the processes; ``"full"`` runs the same step in each.
+    ``progress_bar`` (None)
+        Show a progress bar (default: at Scanpy verbosity ``info`` or above).
+    """
+    return GNNImputeOptions.defaults()
+
+
+def split_cells(
+    n_cells: int, split: tuple[float, float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks of training, validation and test cells drawn with ``rng``.
+
+    As the published code: ``floor(n · (val + test))`` cells are held out, of which
+    ``floor(held_out · test / (val + test))`` are test cells and the rest validation cells.
+
+    Raises
+    ------
+    ValueError
+        When there are fewer than :data:`MIN_CELLS` cells, or the split leaves no training or no validation cell.
+    """
+    if n_cells < MIN_CELLS:
+        raise ValueError(
+            f"GNNImpute needs at least {MIN_CELLS} cells to split them into training, validation and test cells; "
+            f"got {n_cells}."
+        )
+    _, val, test = split
+    n_held = int(math.floor(n_cells * (val + test) + 1e-9))
+    n_test = int(math.floor(n_held * test / (val + test) + 1e-9)) if n_held else 0
+    n_val = n_held - n_test
+    n_train = n_cells - n_held
+    if n_val < 1 or n_train < 1:
+        raise ValueError(
+            f"split={tuple(split)} gives {n_train} training, {n_val} validation and {n_test} test cells out of "
+            f"{n_cells}; GNNImpute needs at least one training and one validation cell (early stopping watches the "
+            "validation loss). Raise the training and validation fractions."
+        )
+    order = rng.permutation(n_cells)
+    masks = []
+    for idx in (order[n_held:], order[n_test:n_held], order[:n_test]):
+        m = np.zeros(n_cells, dtype=bool)
+        m[idx] = True
+        masks.append(m)
+    return masks[0], masks[1], masks[2]
+
+
+def gnnimpute_input(X) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GNNImpute's model input from the input layer ``X``: ``(Xlin, Xlog, Xz, zero_z)``.
+
+    ``Xlin`` is ``X`` dense float32 (the target), ``Xlog`` its ``log1p``, ``Xz`` the model input (``Xlog``
+    z-scored per gene; genes without variance only centred) and ``zero_z`` what a zero becomes in ``Xz``.
+    """
+    Xlin = to_dense_array(X, np.float32)
+    Xlog = np.log1p(Xlin)
+    mean = Xlog.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = Xlog.std(axis=0, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    Xz = (Xlog - mean) / std
+    zero_z = -mean / std  # what a zero becomes
+    return Xlin, Xlog, Xz, zero_z
+
+
+def predict_gnnimpute(
+    module,
+    x,
+    edge_index,
+    target,
+    *,
+    output: str,
+    fill_gate: float = 0.0,
+    fill_scale: float = 1.0,
+    fill_hops: int = 1,
+    graph_weight: float = 0.0,
+    fill_symmetric: bool = False,
+    graph: sparse.spmatrix | None = None,
+    batching: str = "full",
+    chunk: int = 512,
+):
+    """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` and its input ``x``.
+
+    ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and ``latent``
+    float32 NumPy arrays; ``target`` is the input layer as a dense tensor. ``fill_gate`` and ``graph_weight``
+    need the cell ``graph`` (see :func:`gnnimpute_options`); ``fill_scale`` and ``graph_weight`` are the fitted
+    weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean, ``fill_symmetric`` whether that
+    neighbourhood is a walk on the symmetrized, unweighted graph (:class:`Neighbourhood`; the defaults are those of
+    models saved before these options existed). The one prediction path of
+    :meth:`GNNImputeModel.train` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
+    runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory).
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            # without size factors the decoder output is on the input layer's scale
+            out = graph_forward(module, x, edge_index, graph, batching=batching, chunk=chunk)
+    finally:
+        module.train(was_training)
+    pred = out["recon"].float().clamp_min(0)
+    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "fill_hops": fill_hops, "graph_weight": graph_weight}
+    imputed = finish_blocks(pred, target, graph, output=output, fill_symmetric=fill_symmetric, **fill)
+    imputed = imputed.cpu().numpy()
+    latent = out["z"].float().cpu().numpy()
+    return pred, np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+
+class GNNImputeModel(ImputationModel):
+    """GNNImpute (Xu et al., 2021): two graph-attention layers on a k-NN cell graph.
+
+    The network is :class:`~scvgae_sc.nn.GNNImputeModule`.
+
+    Trained by :meth:`train` (what ``tl.impute(method="gnnimpute")`` runs) with early stopping on held-out cells;
+    see :func:`gnnimpute_options` for the options.
+    """
+
+    method = "gnnimpute"
+    module_class = "GNNImputeModule"
+    listing_order = 1
+    options_class = GNNImputeOptions
+    default_max_epochs = MAX_EPOCHS
+    dense_copies = 28
+    #: Also the target and the validation and prediction passes, which run in chunks of cells; measured above the
+    #: data on simulated cells × 2,000 genes, the fill's graph term included.
+    dense_copies_subgraph = 12
+
+    @classmethod
+    def build_module(cls, module_kwargs: dict[str, Any]) -> Any:
+        """:class:`~scvgae_sc.nn.GNNImputeModule` from its constructor arguments."""
+        from ...nn import GNNImputeModule
+
+        kwargs = dict(module_kwargs)
+        return GNNImputeModule(kwargs.pop("n_genes"), **kwargs)
+
+    def _predict_arrays(self, X, dev) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        Xlin, _, Xz, _ = gnnimpute_input(X)
+        x, target = torch.from_numpy(Xz).to(dev), torch.from_numpy(Xlin).to(dev)
+        edge_index, _ = edge_tensors(self.graph, dev)
+        pk = self.config["predict_kwargs"]
+        _, imputed, latent = predict_gnnimpute(self.module, x, edge_index, target, graph=self.graph, **pk)
+        return imputed, latent
+
+    @classmethod
+    def train(
+        cls,
+        X,
+        counts,
+        *,
+        options: GNNImputeOptions,
+        provided_graph: tuple[sparse.csr_matrix, dict] | None,
+        normalization: str | None,
+        max_epochs: int | None,
+        device: Any,
+        random_state: int | None,
+        batch_labels: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> ImputeResult:
+        """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``, and impute.
+
+        ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per batch.
+        ``out`` is not used (the result is copied to a file by the caller).
+        """
+        from ...nn import resolve_device
+
+        run = _GNNImputeRun(options, X.shape, max_epochs, normalization, random_state)
+        run.check(provided_graph)
+        dev = resolve_device(device)
+        _warn_normalization(normalization)
+        plan, model, A, graph_info = _prepare(run, X, counts, provided_graph, batch_labels, dev)
+        trainer = run.trainer(model, dev)
+        start = logg.info(
+            f"    training GNNImpute on {run.n_cells} cells × {run.n_genes} genes ({run.n_train} training, "
+            f"{run.n_val} validation, {run.n_test} test cells), {A.nnz} edges, {dev}"
+        )
+        history = trainer.fit(plan.train_step(), plan.val_step)
+        weights = _fit_fill(run, plan, trainer, A)
+        predict_kwargs = run.predict_kwargs(*weights)
+        pred, imputed, latent = predict_gnnimpute(
+            model, plan.x, plan.edge_index, plan.target, graph=A, **predict_kwargs
+        )
+        if run.test_cells.any():
+            import torch
+            import torch.nn.functional as F
+
+            test_rows = torch.from_numpy(np.flatnonzero(run.test_cells)).to(dev)
+            history["test_mse"] = float(F.mse_loss(pred[test_rows], plan.target[test_rows]))
+        logg.debug(f"    stopped after {history['n_epochs']} epochs (best epoch {history['best_epoch']})", time=start)
+        return ImputeResult(
+            imputed=np.ascontiguousarray(imputed, dtype=np.float32),
+            latent=np.ascontiguousarray(latent, dtype=np.float32),
+            history=history_arrays(history),
+            params=run.params(*weights, trainer.precision),
+            graph=sparse.csr_matrix(A, dtype=np.float32),
+            graph_info=graph_info,
+            device=str(dev),
+            model_state={"module": model, "module_kwargs": dict(run.module_kwargs), "predict_kwargs": predict_kwargs},
+        )
+
+
+def _warn_normalization(normalization: str | None) -> None:
+    if normalization != "total":
+        how = f"was made by normalize(method={normalization!r})" if normalization else "has an unknown normalization"
+        logg.warning(
+            f"GNNImpute models linear normalized counts (pp.normalize(method='total')), but the input layer {how}; "
+            "running on it anyway. The output is on the input layer's scale."
+        )
+
+
+class _GNNImputeRun:
+    """The resolved settings of one GNNImpute training: every ``"auto"`` option decided here, once."""
+
+    def __init__(self, options: GNNImputeOptions, shape, max_epochs, normalization, random_state) -> None:
+        self.options = o = options
+        self.n_cells, self.n_genes = shape
+        self.n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
+        self.random_state = random_state
+        rng = np.random.default_rng(random_state)
+        cells = split_cells(self.n_cells, check_split(o.training.split), rng)
+        self.train_cells, self.val_cells, self.test_cells = cells
+        self.n_train, self.n_val = int(self.train_cells.sum()), int(self.val_cells.sum())
+        self.n_test = int(self.test_cells.sum())
+        self.mask_rate, self.mask_weight = float(o.training.mask_rate), float(o.training.mask_weight)
+        self.use_mask = self.mask_rate > 0 and self.mask_weight > 0
+        self.batching = GNNImputeModel.resolve_batching(o.training.batching, *shape, "cpu", None)
+        self.chunk = min(int(o.training.batch_size), self.n_cells)
+        self.gate = float(o.output.fill_gate) if o.output.output == "fill" else 0.0
+        self.fill_hops = int(o.output.fill_hops)
+        graph_fill = o.output.graph_fill if o.output.graph_fill != "auto" else normalization == "total"
+        self.graph_fill = (
+            bool(graph_fill) and o.output.output == "fill" and o.output.fill_scale != "none" and self.use_mask
+        )
+        fit = o.output.fill_scale == "fit" or self.graph_fill
+        self.fit_fill = o.output.output == "fill" and self.use_mask and fit
+        patience = o.training.patience
+        if patience == "auto":
+            patience = PATIENCE_GRAPH_FILL if self.graph_fill else PATIENCE
+        self.patience = int(patience)
+        self.module_kwargs = {
+            "n_genes": self.n_genes,
+            "hidden": o.architecture.hidden,
+            "latent": o.architecture.latent,
+            "heads": o.architecture.heads,
+            "dropout": float(o.architecture.dropout),
+            "attention_dropout": float(o.architecture.attention_dropout),
+            "add_self_loops": True,
+        }
+
+    def check(self, provided_graph) -> None:
+        """Refuse a graph of the wrong size, or too many neighbours for the cells."""
+        n = self.n_cells
+        if provided_graph is not None and provided_graph[0].shape != (n, n):
+            shape = provided_graph[0].shape
+            raise ValueError(f"The graph is {shape[0]} × {shape[1]}, but the data has {n} cells.")
+        if provided_graph is None and self.options.graph.n_neighbors >= n:
+            raise ValueError(
+                f"n_neighbors={self.options.graph.n_neighbors} (the cell itself included) needs more than {n} cells; "
+                "lower n_neighbors."
+            )
+        from ...nn import rank, world_size
+
+        if self.batching == "full" and world_size() > 1 and rank() == 0:
+            logg.warning(
+                f"GNNImpute with batching='full' makes one step per epoch on the whole graph: each of the "
+                f"{world_size()} processes runs the same step (gradients averaged, the result is that of one "
+                "process), so several processes do not make it faster. batching='subgraph' shares each epoch's "
+                "batches among them."
+            )
+
+    def trainer(self, model, dev):
+        """The :class:`~scvgae_sc.nn.Trainer` of this run (early stopping on the validation loss)."""
+        from ...nn import Trainer
+
+        return Trainer(
+            model,
+            lr=float(self.options.training.lr),
+            weight_decay=float(self.options.training.weight_decay),
+            max_epochs=self.n_epochs,
+            device=dev,
+            early_stopping=True,
+            patience=self.patience,
+            progress_bar=progress_enabled(self.options.training.progress_bar),
+            random_state=self.random_state,
+            precision=self.options.training.precision,
+        )
+
+    def predict_kwargs(self, scale: float, graph_weight: float) -> dict[str, Any]:
+        """The prediction settings (saved with the model)."""
+        kwargs = {"output": self.options.output.output, "fill_gate": self.gate, "fill_scale": float(scale)}
+        kwargs.update(batching=self.batching, fill_hops=self.fill_hops, graph_weight=float(graph_weight))
+        kwargs.update(fill_symmetric=True, chunk=self.chunk)
+        return kwargs
+
+    def params(self, scale: float, graph_weight: float, precision: str) -> dict[str, Any]:
+        """The flat parameters written to ``uns[key]["params"]``."""
+        params = {k: v for k, v in self.options.as_dict().items() if k not in ("progress_bar",)}
+        params.update(max_epochs_used=self.n_epochs, n_train=self.n_train, n_val=self.n_val)
+        params["batching_used"] = self.batching
+        params["precision_used"] = precision
+        params["fill_scale_used"] = float(scale)
+        params["graph_weight_used"] = float(graph_weight)
+        params["graph_fill_used"] = self.graph_fill
+        params["patience_used"] = self.patience
+        params["n_test"] = self.n_test
+        return params
+
+
+def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
+    """``(plan, module, graph, graph_info)``: the model input, the graph, the initialized module, the plan."""
+    import torch
+
+    Xlin, Xlog, Xz, zero_z = gnnimpute_input(X)  # model input: log1p, then z-score per gene
+    A, graph_info = resolve_graph(
+        provided_graph,
+        sparse.csr_matrix(X, dtype=np.float32).log1p() if sparse.issparse(X) else Xlog,
+        random_state=run.random_state,
+        info={"input": "log1p"},
+        batch=batch_labels,
+        batch_mode=run.options.graph.batch_mode,
+        method="knn",
+        n_neighbors=run.options.graph.n_neighbors,
+        n_pcs=run.options.graph.n_pcs,
+        self_loops=True,
+        normalize="row",
+    )
+    del Xlog
+    if run.random_state is not None:
+        torch.manual_seed(int(run.random_state))
+    model = GNNImputeModel.build_module(run.module_kwargs)
+    with torch.no_grad():  # start at each gene's mean: from ~0 the ReLU decoder needs hundreds of epochs to get there
+        model.decoder[-2].bias.copy_(torch.from_numpy(Xlin.mean(axis=0, dtype=np.float64).astype(np.float32)))
+    x = torch.from_numpy(Xz).to(dev)
+    del Xz
+    sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
+    target = torch.from_numpy(Xlin).to(dev)
+    edge_index, _ = edge_tensors(A, dev)
+    # whole-graph passes aggregate attention by sparse products (CPU, CUDA); the edges are sorted once here
+    edge_index = model.attention_graph(edge_index, run.n_cells) or edge_index
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0 if run.random_state is None else int(run.random_state))
+    plan = GNNImputePlan(
+        model,
+        x,
+        torch.from_numpy(zero_z).to(dev),
+        target,
+        sf,
+        edge_index,
+        A,
+        (run.train_cells, run.val_cells),
+        mask_rate=run.mask_rate,
+        mask_weight=run.mask_weight,
+        gen=gen,
+        batching=run.batching,
+        chunk=run.chunk,
+    )
+    return plan, model, A, graph_info
+
+
+def _fit_fill(run: _GNNImputeRun, plan: GNNImputePlan, trainer, A) -> tuple[float, float]:
+    """Fill weights ``(fill_scale, graph_weight)`` on a fresh mask of the observed non-zeros (``(1, 0)``: no fit).
+
+    The weights from fill values (and the graph's neighbourhood mean, computed without the hidden entries) to the
+    hidden values. ``fill_scale="auto"`` alone does not fit a scale: the model is trained on the layer's own scale.
+    """
+    if not run.fit_fill:
+        return 1.0, 0.0
+    hidden = plan.draw_mask()
+    flat = plan.observed[hidden]
+    recon = trainer.predict(lambda m: plan.forward(m, plan.corrupt(hidden)))["recon"]
+    pred = recon.float().reshape(-1)[flat].clamp_min(0)
+    graph_col = None
+    target = plan.target
+    if run.gate > 0 or run.graph_fill:
+        visible = target > 0
+        visible.view(-1)[flat] = False
+        hood = Neighbourhood(A, target.device, run.fill_hops, symmetric=True)
+        rate, graph_mean = neighbourhood_at(hood, target, visible, flat, with_mean=run.graph_fill)
+        pred = gated(pred, rate, run.gate)
+        graph_col = gated(graph_mean, rate, run.gate) if run.graph_fill else None
+        del visible, hood
+    return fit_fill_weights(pred, graph_col, target.reshape(-1)[flat])

@@ -1,0 +1,568 @@
+"""scVGAE (:class:`SCVGAEModel`): the AnnData-free training and prediction of ``tl.impute(method="scvgae")``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scanpy import logging as logg
+from scipy import sparse
+
+from .._common import (
+    dense_tensor,
+    edge_tensors,
+    fit_fill_weights,
+    gated,
+    history_arrays,
+    progress_enabled,
+    resolve_graph,
+    size_factors,
+)
+from .._output import fill as fill_values
+from .._output import finish_dense, layer_values, neighbourhood
+from ._base import ImputationModel, ImputeResult
+from ._options import SCVGAEOptions
+from ._plans import SCVGAEPlan, hide_observed
+
+#: Defaults of the method's own options (see :func:`scvgae_options`).
+DEFAULTS: dict[str, Any] = SCVGAEOptions.defaults()
+MAX_EPOCHS = 100
+#: Above this many cells ``batching="auto"`` trains on subgraphs: the full-graph encoder run once per batch makes
+#: an epoch cost ``n_cells² / batch_size``.
+SUBGRAPH_MIN_CELLS = 20_000
+
+
+def scvgae_options() -> dict[str, Any]:
+    """The options of ``tl.impute(method="scvgae", ...)`` and their defaults.
+
+    ``graph`` (``"knn"``)
+        Graph built when no ``graph_key`` is given: ``"knn"`` (``n_neighbors`` on ``n_pcs`` PCs, scales
+        linearly) or ``"kernel"`` (the paper's linear-kernel graph keeping entries above the
+        ``percentile``-th percentile; O(n²)).
+    ``alpha`` (0.05)
+        Weight of the reconstruction MSE; ``1 - alpha`` weighs the ZINB negative log-likelihood of the raw
+        counts (the paper's text: ``α·L_recon + (1 − α)·L_ZINB``; both mean-reduced, so α means what it says).
+    ``lr`` (1e-3), ``weight_decay`` (0)
+        Adam settings.
+    ``hidden`` (128), ``decoder_hidden`` (256)
+        Width of the GCN encoder output and of the decoder's hidden layer.
+    ``decoder_input`` (``"latent"``)
+        Decode the reconstruction from the latent ``Z`` (lean) or from the ZINB mean (``"mean"``, the
+        paper's shape; ~10× the decoder cost).
+    ``heads`` (``"gcn"``)
+        ZINB heads as GCN layers (the paper) or ``"linear"`` maps of ``Z``.
+    ``variational`` (False), ``kl_weight`` (1)
+        Reparameterized latent with a KL term.
+    ``zinb_target`` (``"counts"``)
+        What the ZINB likelihood models: the raw ``"counts"`` with per-cell size factors (ours, as DCA and
+        scVI), or the ``"normalized"`` input values (what the published code does; kept for the ablation).
+    ``add_back`` (True), ``add_back_init`` (1)
+        Add the gene-wise and cell-wise standardized input to the decoder output (the paper), each scaled by a
+        learnable factor that starts at ``add_back_init`` (the paper's 1). The standardized terms put the raw
+        reconstruction on a z-score-like scale, hence ``calibrate``.
+    ``calibrate`` (True)
+        Map the reconstruction back to the input layer's scale with a per-gene least-squares line fitted on
+        the input (``output="recon"`` only), so that the output has the scale of the input layer.
+    ``mask_rate`` (0.1), ``mask_weight`` (1)
+        Self-supervised masking: each epoch this fraction of the observed non-zeros is hidden from the
+        input, and the model is also trained (weight ``mask_weight``) to recover them. Without it, the
+        add-back makes the model copy its input and zeros stay zero. ``0`` turns it off.
+    ``output`` (``"fill"``)
+        ``"fill"``: observed non-zeros are kept and zeros replaced by the decoder's prediction (see ``fill_gate``
+        and ``fill_scale``); ``"recon"``: the whole reconstruction, the paper's output, calibrated to the
+        input's scale (see ``calibrate``). For a Leiden pipeline on a sqrt or log layer, ``output="recon",
+        calibrate=False`` had a higher Leiden ARI than the fill on all four benchmark datasets (pbmc3k Leiden ARI / AMI
+        0.705 / 0.795 against 0.672 / 0.787, 3 seeds) and worse on the paper protocol (0.663 / 0.749 against
+        0.686 / 0.781); see the Benchmarks page of the documentation.
+    ``fill_gate`` (0.4)
+        With ``output="fill"``: how a zero's fill value depends on its neighbourhood. Where the gene is detected
+        in at least this fraction of the cell's graph neighbourhood (itself included), the zero gets the full
+        prediction; elsewhere the prediction times (detection rate / ``fill_gate``), down to 0 where no
+        neighbour detects it. Predictions are "the value if detected", so filling every zero with them
+        erases the zeros that separate cell types (pbmc3k, Leiden ARI 0.41 against 0.70 un-imputed); the gate
+        keeps clustering at or above the un-imputed level and costs some accuracy on hidden values
+        (see the Benchmarks page of the documentation). ``0`` fills every zero with the full prediction (best
+        masked-value recovery).
+    ``fill_hops`` (2)
+        The neighbourhood of ``fill_gate`` and ``graph_fill``: where a random walk of this many steps on the
+        graph can end (1: the cell and its neighbours; 2, as far as the two graph propagations of the model
+        reach). On pbmc3k the 2-step rate keeps the clustering scores of the 1-step one and loses less on hidden
+        values (see the Benchmarks page of the documentation).
+    ``graph_fill`` (True)
+        Where the fill scale is fitted (``fill_scale``), fit it jointly with a weight on the graph's own
+        estimate — the mean of the gene's detected values in the ``fill_hops`` neighbourhood — so a zero
+        becomes ``w_model · prediction + w_graph · neighbourhood mean`` (gated), both weights non-negative and
+        fitted by least squares on freshly hidden observed values. The fitted weights are in
+        ``uns[key]["params"]`` (``fill_scale_used``, ``graph_weight_used``): how much the network adds over
+        averaging its graph.
+    ``fill_scale`` (``"auto"``)
+        With ``output="fill"``: ``"fit"`` hides a fresh random ``mask_rate`` of the observed non-zeros after
+        training, predicts them, and multiplies the fill values by the least-squares factor from those
+        predictions to the hidden values (on the input layer's scale; only observed data are used). It
+        corrects the bias of predictions made on a transformed scale (``log1p`` → linear: ``expm1`` of a mean
+        of logs underestimates the mean). ``"auto"`` fits when the model works on ``log1p`` of the layer
+        (``transform``), ``"none"`` never.
+    ``transform`` (``"auto"``)
+        The model works on ``log1p`` of a linear layer (``"auto"`` does so for layers made by
+        ``pp.normalize(method="total")``, and maps the output back with ``expm1``); ``"none"`` or
+        ``"log1p"`` force it.
+    ``batch_mode`` (``"within"``)
+        With ``tl.impute(batch_key=...)``, how the graph built here (``"knn"`` only) treats batches: neighbours
+        only ``"within"`` each cell's batch, or ``"balanced"`` across all batches (see
+        :func:`scvgae_sc.pp.cell_graph`). Unused without ``batch_key`` or with a ``graph_key``.
+    ``batch_size`` (512)
+        Cells per optimizer step: the encoder always propagates over the whole graph, and the heads, decoder
+        and losses run on a random batch of cells, so an epoch makes ``n_cells / batch_size`` steps and the
+        largest activations scale with the batch. ``None`` trains full-batch (one step per epoch).
+    ``batching`` (``"auto"``)
+        ``"full"``: every optimizer step runs the encoder over the whole graph (exact; per-epoch time grows as
+        ``n_cells² / batch_size``). ``"subgraph"``: each step computes only a random batch of cells — the first
+        GCN layer exactly from sparse rows of the normalized graph, the heads' propagation with the latest
+        latent of neighbours outside the batch (historical embeddings) — so an epoch costs ``O(n_cells)`` and
+        memory is a few dense copies of the data plus the batch; prediction runs in chunks with the exact
+        graph. ``"auto"`` picks ``"subgraph"`` when the full-batch memory estimate exceeds the budget
+        (``max_memory`` of :func:`~scvgae_sc.tl.impute`) or above 20,000 cells, and logs the choice. Not with
+        ``variational=True`` (its extra GCN layers need the whole graph).
+    ``precision`` (``"32"``)
+        ``"bf16"`` trains under bfloat16 autocast (graph propagations and the losses stay float32), ``"32"`` in
+        float32; ``"auto"`` is ``"bf16"`` where the device multiplies bfloat16 natively
+        (:func:`scvgae_sc.nn.fast_bf16`: CUDA GPUs that support it, CPUs with AVX-512 BF16 or AMX) and ``"32"``
+        elsewhere. The choice is ``params["precision_used"]``. On a 2-core AVX-512 BF16 CPU bf16 took a third
+        less CPU time with the same masked-value and paper-protocol scores on four datasets (3 seeds,
+        see the Benchmarks page of the documentation); the Leiden scores moved both ways (pbmc3k up, baron_mouse
+        down on two of three seeds), so float32 stays the default.
+    ``progress_bar`` (None)
+        Show a progress bar (default: at Scanpy verbosity ``info`` or above).
+    """
+    return SCVGAEOptions.defaults()
+
+
+def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
+    """Eval-mode ``(recon, z)`` without gradients; heads and decoder run on ``chunk`` rows at a time.
+
+    The encoder propagates over the whole graph once (``hidden`` channels); the ``n_cells × n_genes``
+    intermediates of the heads, the decoder and the add-back exist only per chunk.
+    """
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            graph = module.graph_operator(edge_index, edge_weight, x.shape[0])
+            z = module.encode_graph(x, graph)["z"]
+            h = module.propagate_graph(z, graph) if module.propagate is not None else z
+            recon = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            for rows in torch.arange(x.shape[0], device=x.device).split(max(int(chunk), 2)):
+                recon[rows] = module.decode(h[rows], z[rows], x[rows], rows)["recon"].float()
+    finally:
+        module.train(was_training)
+    return recon, z.float()
+
+
+def _fit_fill_weights(
+    module, x, observed_flat, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
+) -> tuple[float, float]:
+    """Fill weights ``(fill_scale, graph_weight)`` fitted on freshly hidden observed entries (input layer's scale).
+
+    One more pass with a new random ``mask_rate`` of the observed non-zeros hidden: the non-negative
+    least-squares weights that best map the model's fill values for them (and, with ``graph_fill``, the graph's
+    neighbourhood mean, computed without them) to their values, which neither saw. Only observed data are used.
+    """
+    transform, gate, hops = fill_kwargs["transform"], fill_kwargs["fill_gate"], fill_kwargs.pop("fill_hops")
+    hidden, x_in = hide_observed(x, observed_flat, mask_rate, gen)
+    visible = x_in > 0
+    rate, graph_mean = neighbourhood(
+        graph, x_in, visible, transform=transform, fill_gate=gate, fill_hops=hops, graph_fill=graph_fill
+    )
+    recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
+    pred = fill_values(recon, None, visible, fill_scale=1.0, rate=rate, **fill_kwargs)[hidden]
+    del recon, x_in, visible
+    graph_col = gated(graph_mean, rate, gate)[hidden] if graph_fill else None
+    return fit_fill_weights(pred, graph_col, layer_values(x[hidden], transform))
+
+
+def scvgae_input(X, transform: str):
+    """The model input: the input layer ``X`` as float32, ``log1p``-transformed when ``transform`` says so."""
+    Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    if transform == "log1p":
+        Xm = Xm.log1p() if sparse.issparse(Xm) else np.log1p(Xm)
+    return Xm
+
+
+def predict_scvgae(
+    module,
+    x,
+    edge_index,
+    edge_weight,
+    *,
+    output: str,
+    calibrate: bool,
+    transform: str,
+    fill_gate: float = 0.0,
+    fill_scale: float = 1.0,
+    fill_hops: int = 1,
+    graph_weight: float = 0.0,
+    graph: sparse.spmatrix | None = None,
+    chunk: int = 512,
+    batching: str = "full",
+    device=None,
+    out: np.ndarray | None = None,
+):
+    """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
+
+    The one prediction path of :meth:`SCVGAEModel.train` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    ``fill_gate`` and ``graph_weight`` need the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` and
+    ``graph_weight`` are the fitted weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean
+    (the defaults, 1, 0 and 1, are those of models saved before either existed); ``chunk`` rows go through the
+    heads and the decoder at a time. ``batching="subgraph"`` predicts chunk by chunk from ``x`` on the host (a
+    NumPy array or tensor; ``edge_index`` / ``edge_weight`` unused, ``graph`` needed) into ``out`` when given
+    (e.g. a :class:`numpy.memmap`), with the model on ``device``.
+    """
+    if batching == "subgraph":
+        from ._scvgae_subgraph import predict_scvgae_subgraph
+
+        x_np = x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x, dtype=np.float32)
+        kwargs = {"output": output, "calibrate": calibrate, "transform": transform, "fill_gate": fill_gate}
+        kwargs.update(fill_scale=fill_scale, fill_hops=fill_hops, graph_weight=graph_weight)
+        return predict_scvgae_subgraph(module, x_np, graph, device=device, chunk=chunk, out=out, **kwargs)
+    recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk)
+    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "fill_hops": fill_hops, "graph_weight": graph_weight}
+    imputed = finish_dense(recon, x, graph, output=output, calibrate=calibrate, transform=transform, **fill)
+    imputed = imputed.cpu().numpy()
+    latent = z.cpu().numpy()
+    return np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+
+class SCVGAEModel(ImputationModel):
+    """scVGAE (Inoue, 2024): a GCN encoder with zero-inflated negative binomial heads (:class:`~scvgae_sc.nn.SCVGAE`).
+
+    Trained by :meth:`train` (what ``tl.impute(method="scvgae")`` runs); see :func:`scvgae_options` for the options.
+    """
+
+    method = "scvgae"
+    module_class = "SCVGAE"
+    listing_order = 0
+    options_class = SCVGAEOptions
+    default_max_epochs = MAX_EPOCHS
+    dense_copies = 20
+    #: The input, its masked copy, the masks and the output (one copy less when the output goes to a file),
+    #: measured above the data on simulated cells × 2,000 genes; the fill's statistics over 2 graph steps included.
+    dense_copies_subgraph = 6
+    streams_output = True
+    subgraph_min_cells = SUBGRAPH_MIN_CELLS
+
+    @classmethod
+    def build_module(cls, module_kwargs: dict[str, Any]) -> Any:
+        """:class:`~scvgae_sc.nn.SCVGAE` from its constructor arguments."""
+        from ...nn import SCVGAE
+
+        kwargs = dict(module_kwargs)
+        return SCVGAE(kwargs.pop("n_genes"), kwargs.pop("n_cells"), **kwargs)
+
+    def _predict_arrays(self, X, dev) -> tuple[np.ndarray, np.ndarray]:
+        from ..._utils import to_dense_array
+
+        pk = self.config["predict_kwargs"]
+        if pk.get("batching") == "subgraph":  # chunk by chunk from the host copy
+            x = to_dense_array(scvgae_input(X, pk["transform"]), np.float32)
+            return predict_scvgae(self.module, x, None, None, graph=self.graph, device=dev, **pk)
+        edge_index, edge_weight = edge_tensors(self.graph, dev)
+        x = dense_tensor(scvgae_input(X, pk["transform"]), dev)
+        if hasattr(self.module, "reset_cache"):
+            self.module.reset_cache()
+        return predict_scvgae(self.module, x, edge_index, edge_weight, graph=self.graph, **pk)
+
+    @classmethod
+    def train(
+        cls,
+        X,
+        counts,
+        *,
+        options: SCVGAEOptions,
+        provided_graph: tuple[sparse.csr_matrix, dict] | None,
+        normalization: str | None,
+        max_epochs: int | None,
+        device: Any,
+        random_state: int | None,
+        out: np.ndarray | None = None,
+        batch_labels: np.ndarray | None = None,
+    ) -> ImputeResult:
+        """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``, and impute.
+
+        ``out``: a preallocated float32 array (e.g. a :class:`numpy.memmap`) for the imputed matrix, subgraph
+        mode only. ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per
+        batch. ``provided_graph``: the ``(adjacency, info)`` to train on instead of building one.
+        """
+        import torch
+
+        from ...nn import resolve_device
+
+        run = _SCVGAERun(options, X.shape, max_epochs, normalization, random_state)
+        run.check(provided_graph)
+        dev = resolve_device(device)
+        Xm = scvgae_input(X, run.transform)
+        A, graph_info = run.graph(provided_graph, Xm, batch_labels)
+        if random_state is not None:
+            torch.manual_seed(int(random_state))
+        model = cls.build_module(run.module_kwargs)
+        trainer = run.trainer(model, dev)
+        logg_start = logg.info(
+            f"    training scVGAE on {run.n_cells} cells × {run.n_genes} genes, {A.nnz} edges, {dev}, "
+            f"batching={run.batching!r}"
+        )
+        fit = _fit_subgraph if run.batching == "subgraph" else _fit_full
+        history, weights, x_predict, edges = fit(run, model, trainer, Xm, counts, A, batch_labels, dev)
+        predict_kwargs = run.predict_kwargs(*weights)
+        if run.batching == "subgraph":
+            imputed, latent = predict_scvgae(
+                model, x_predict, None, None, graph=A, device=dev, out=out, **predict_kwargs
+            )
+        else:
+            imputed, latent = predict_scvgae(model, x_predict, *edges, graph=A, **predict_kwargs)
+            if out is not None:
+                out[...] = imputed
+                imputed = out
+        logg.debug("    finished training", time=logg_start)
+        return ImputeResult(
+            imputed=imputed if out is not None else np.ascontiguousarray(imputed, dtype=np.float32),
+            latent=np.ascontiguousarray(latent, dtype=np.float32),
+            history=history_arrays(history),
+            params=run.params(*weights, trainer.precision),
+            graph=sparse.csr_matrix(A, dtype=np.float32),
+            graph_info=graph_info,
+            device=str(dev),
+            model_state={
+                "module": model,
+                "module_kwargs": dict(run.module_kwargs),
+                "predict_kwargs": predict_kwargs,
+            },
+        )
+
+
+class _SCVGAERun:
+    """The resolved settings of one scVGAE training: every ``"auto"`` option decided here, once."""
+
+    def __init__(self, options: SCVGAEOptions, shape, max_epochs, normalization, random_state) -> None:
+        self.options = o = options
+        self.n_cells, self.n_genes = shape
+        self.n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
+        self.random_state = random_state
+        transform = o.training.transform
+        if transform == "auto":
+            transform = "log1p" if normalization == "total" else "none"
+        self.transform = transform
+        # tl.impute decides "auto" with the memory budget; a direct call decides by size
+        self.batching = SCVGAEModel.resolve_batching(o.training.batching, *shape, "cpu", None)
+        self.mask_rate, self.mask_weight = float(o.training.mask_rate), float(o.training.mask_weight)
+        n = self.n_cells
+        self.batch_size = n if not o.training.batch_size else min(int(o.training.batch_size), n)
+        self.gate = float(o.output.fill_gate) if o.output.output == "fill" else 0.0
+        self.chunk = self.batch_size
+        fit_scale = o.output.fill_scale == "fit" or (o.output.fill_scale == "auto" and transform == "log1p")
+        self.fit_scale = fit_scale and o.output.output == "fill" and self.mask_rate > 0
+        self.graph_fill = bool(o.output.graph_fill) and self.fit_scale
+        self.fill_hops = int(o.output.fill_hops)
+        self.module_kwargs = {
+            "n_genes": self.n_genes,
+            "n_cells": self.n_cells,
+            "hidden": o.architecture.hidden,
+            "variational": o.architecture.variational,
+            "decoder_input": o.architecture.decoder_input,
+            "heads": o.architecture.heads,
+            "add_back": o.architecture.add_back,
+            "add_back_init": float(o.architecture.add_back_init),
+            "decoder_hidden": o.architecture.decoder_hidden,
+            "cached": True,
+        }
+
+    def check(self, provided_graph) -> None:
+        """Refuse what cannot train: too few cells for the graph, a variational model on subgraphs."""
+        o = self.options
+        if provided_graph is None and o.graph.graph == "knn" and self.n_cells < o.graph.n_neighbors + 1:
+            raise ValueError(
+                f"{self.n_cells} cells are too few for a graph with n_neighbors={o.graph.n_neighbors}; "
+                "lower n_neighbors (at least n_neighbors + 1 cells are needed)."
+            )
+        if self.batching == "subgraph" and o.architecture.variational:
+            raise ValueError(
+                "variational=True needs the whole graph in every step (its mu / logvar layers propagate again); "
+                "use batching='full', or variational=False for subgraph mini-batches."
+            )
+
+    def graph(self, provided_graph, Xm, batch_labels):
+        """The graph to train on and its description (see :func:`~scvgae_sc.tl._common.resolve_graph`)."""
+        o = self.options
+        graph_kwargs = (
+            {"n_neighbors": o.graph.n_neighbors, "n_pcs": o.graph.n_pcs}
+            if o.graph.graph == "knn"
+            else {"percentile": o.graph.percentile}
+        )
+        return resolve_graph(
+            provided_graph,
+            Xm,
+            random_state=self.random_state,
+            batch=batch_labels,
+            batch_mode=o.graph.batch_mode,
+            method=o.graph.graph,
+            **graph_kwargs,
+        )
+
+    def trainer(self, model, dev):
+        """The :class:`~scvgae_sc.nn.Trainer` of this run."""
+        from ...nn import Trainer
+
+        return Trainer(
+            model,
+            lr=float(self.options.training.lr),
+            weight_decay=float(self.options.training.weight_decay),
+            max_epochs=self.n_epochs,
+            device=dev,
+            progress_bar=progress_enabled(self.options.training.progress_bar),
+            random_state=self.random_state,
+            precision=self.options.training.precision,
+        )
+
+    @property
+    def loss_kwargs(self) -> dict[str, float]:
+        """The arguments of :meth:`~scvgae_sc.nn.SCVGAE.loss` besides the data."""
+        return {
+            "alpha": float(self.options.training.alpha),
+            "kl_weight": float(self.options.training.kl_weight),
+            "hidden_weight": self.mask_weight,
+        }
+
+    @property
+    def fill_kwargs(self) -> dict[str, Any]:
+        """The settings of the fill weights' fit."""
+        return {
+            "transform": self.transform,
+            "fill_gate": self.gate,
+            "fill_hops": self.fill_hops,
+            "graph_fill": self.graph_fill,
+        }
+
+    def predict_kwargs(self, scale: float, graph_weight: float) -> dict[str, Any]:
+        """The prediction settings (saved with the model)."""
+        return {
+            "output": self.options.output.output,
+            "calibrate": bool(self.options.output.calibrate),
+            "transform": self.transform,
+            "fill_gate": self.gate,
+            "fill_scale": float(scale),
+            "fill_hops": self.fill_hops,
+            "graph_weight": float(graph_weight),
+            "chunk": int(self.chunk),
+            "batching": self.batching,
+        }
+
+    def params(self, scale: float, graph_weight: float, precision: str) -> dict[str, Any]:
+        """The flat parameters written to ``uns[key]["params"]``."""
+        params = {k: v for k, v in self.options.as_dict().items() if k not in ("progress_bar",)}
+        params.update(transform_used=self.transform, max_epochs_used=self.n_epochs, fill_scale_used=float(scale))
+        params["graph_weight_used"] = float(graph_weight)
+        params["batching_used"] = self.batching
+        params["precision_used"] = precision
+        return params
+
+
+def _fit_full(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev):
+    """Train on the whole graph; ``(history, (scale, graph_weight), x, (edge_index, edge_weight))``."""
+    import torch
+
+    from ...nn import rank, world_size
+
+    x = dense_tensor(Xm, dev)
+    if run.options.training.zinb_target == "counts":
+        c = dense_tensor(counts, dev)
+        sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
+    else:
+        c, sf = x, None
+    edge_index, edge_weight = edge_tensors(A, dev)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0 if run.random_state is None else int(run.random_state))
+    plan = SCVGAEPlan(
+        model,
+        x,
+        c,
+        sf,
+        edge_index,
+        edge_weight,
+        mask_rate=run.mask_rate,
+        batch_size=run.batch_size,
+        gen=gen,
+        world_size=world_size(),  # data-parallel: each rank trains on its share of the batches
+        rank=rank(),
+        **run.loss_kwargs,
+    )
+    history = trainer.fit(plan)
+    del c, sf, plan.counts, plan.sf
+    weights = (1.0, 0.0)
+    if run.fit_scale:
+        weights = _fit_fill_weights(
+            model,
+            x,
+            plan.observed_flat,
+            edge_index,
+            edge_weight,
+            mask_rate=run.mask_rate,
+            gen=gen,
+            chunk=run.chunk,
+            graph=A,
+            **run.fill_kwargs,
+        )
+        logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
+    return history, weights, x, (edge_index, edge_weight)
+
+
+def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev):
+    """Train on cell subgraphs; ``(history, (scale, graph_weight), x on the host, None)``."""
+    from .._subgraph import SubgraphSampler, gcn_adjacency
+    from ._scvgae_subgraph import fit_fill_scale_subgraph, subgraph_train_step
+
+    x_host = np.ascontiguousarray(Xm.toarray() if sparse.issparse(Xm) else Xm, dtype=np.float32)
+    del Xm
+    x_buffer = np.empty_like(x_host)
+    counts_csr = sparse.csr_matrix(counts, dtype=np.float32) if run.options.training.zinb_target == "counts" else None
+    sf_host = size_factors(counts, batch_labels) if counts_csr is not None else None
+    sampler = SubgraphSampler(gcn_adjacency(A))
+    rng = np.random.default_rng(run.random_state)
+    loss_kwargs = run.loss_kwargs
+
+    def loss_fn(out, xb, cb, sfb, hidden_rows):
+        cb = xb if cb is None else cb
+        return model.loss(out, xb, cb, sfb, hidden=hidden_rows, **loss_kwargs)
+
+    train_step = subgraph_train_step(
+        model,
+        sampler,
+        x_host,
+        x_buffer,
+        counts_csr,
+        sf_host,
+        device=dev,
+        batch_size=run.batch_size,
+        mask_rate=run.mask_rate,
+        mask_weight=run.mask_weight,
+        rng=rng,
+        loss_fn=loss_fn,
+        chunk=run.chunk,
+    )
+    history = trainer.fit(train_step)
+    del counts_csr
+    weights = (1.0, 0.0)
+    if run.fit_scale:
+        weights = fit_fill_scale_subgraph(
+            model,
+            x_host,
+            x_buffer,
+            A,
+            sampler,
+            device=dev,
+            mask_rate=run.mask_rate,
+            rng=rng,
+            chunk=run.chunk,
+            **run.fill_kwargs,
+        )
+        logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
+    return history, weights, x_host, None

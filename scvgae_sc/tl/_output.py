@@ -1,0 +1,190 @@
+"""Output post-processing shared by the methods: from the network's prediction to the imputed matrix.
+
+Every decision that depends on the ``output`` option lives here, for every data path (the whole matrix at once,
+chunks of cells, blocks of genes), so that a new output kind is added in this module only: name it in
+:data:`OutputKind` and :data:`OUTPUT_KINDS` (the options accept what these list) and handle it in
+:func:`finish_dense` (whole matrix), :func:`finish_rows` / :func:`finish_host` (chunks of cells) and
+:func:`finish_blocks` (blocks of genes).
+
+``"fill"``
+    Observed non-zeros are kept and zeros get the model's prediction (gated by the neighbourhood's detection rate,
+    scaled by fitted weights, optionally mixed with the neighbourhood's mean detected value).
+``"recon"``
+    The whole reconstruction, mapped to the input layer's scale (scVGAE: optionally calibrated per gene).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from ._common import Neighbourhood, column_blocks, gate_factor, gated
+
+if TYPE_CHECKING:
+    import torch
+
+#: The ``output`` option's type.
+OutputKind = Literal["fill", "recon"]
+#: The output kinds, with what they are (the choices the options accept).
+OUTPUT_KINDS: dict[str, str] = {
+    "fill": "observed values kept, zeros replaced by the prediction",
+    "recon": "the reconstruction everywhere, on the input layer's scale",
+}
+
+
+def layer_values(x, transform: str):
+    """The model input ``x`` on the input layer's scale (``expm1`` when the model works on ``log1p``)."""
+    import torch
+
+    return torch.expm1(x) if transform == "log1p" else x
+
+
+def calibrate_genes(recon, x):
+    """Per-gene least-squares line from ``recon`` to ``x`` (both ``(n_cells, n_genes)``), applied to ``recon``."""
+    r_mean, x_mean = recon.mean(0), x.mean(0)
+    rc = recon - r_mean
+    var = rc.pow(2).mean(0)
+    slope = (rc * (x - x_mean)).mean(0) / var.clamp_min(1e-12)
+    return rc * slope + x_mean
+
+
+def fill(
+    recon,
+    x,
+    observed,
+    *,
+    transform: str,
+    fill_gate: float,
+    fill_scale: float,
+    graph_weight: float = 0.0,
+    rate=None,
+    graph_mean=None,
+):
+    """In place on ``recon``: the ``output="fill"`` matrix on the input layer's scale.
+
+    ``x`` / ``observed``: the input rows and their non-zeros, whose values are kept (``x=None``: none kept).
+    A zero becomes ``(fill_scale · prediction + graph_weight · graph_mean) · min(1, rate / fill_gate)``, with the
+    neighbourhood detection ``rate`` and ``graph_mean`` of :class:`~scvgae_sc.tl._common.Neighbourhood` (rows of
+    them; each needed only when its option is on).
+    """
+    recon.clamp_(min=0)
+    if transform == "log1p":
+        recon.expm1_()
+    if fill_scale != 1.0:
+        recon.mul_(fill_scale)
+    if graph_weight:
+        recon.add_(graph_mean, alpha=graph_weight)
+    if fill_gate > 0:
+        recon.mul_(gate_factor(rate, fill_gate))
+    if observed is not None and x is not None:
+        recon[observed] = layer_values(x[observed], transform)
+    return recon
+
+
+def neighbourhood(graph, x, observed, *, transform: str, fill_gate: float, fill_hops: int, graph_fill: bool):
+    """``(rate, graph_mean)`` of the zeros' fill (``None`` where not needed), from the whole input ``x``."""
+    if fill_gate <= 0 and not graph_fill:
+        return None, None
+    hood = Neighbourhood(graph, x.device, fill_hops)
+    return hood(layer_values(x, transform) if graph_fill else None, observed)
+
+
+def finish_dense(recon, x, graph, *, output: str, calibrate: bool, transform: str, **fill_kwargs) -> torch.Tensor:
+    """The imputed matrix from the whole reconstruction ``recon`` (in place) and the whole model input ``x``.
+
+    ``fill_kwargs``: ``fill_gate``, ``fill_scale``, ``fill_hops`` and ``graph_weight`` (``output="fill"``).
+    """
+    if output == "fill":
+        observed = x > 0
+        gate, weight = fill_kwargs["fill_gate"], fill_kwargs["graph_weight"]
+        rate, graph_mean = neighbourhood(
+            graph,
+            x,
+            observed,
+            transform=transform,
+            fill_gate=gate,
+            fill_hops=fill_kwargs["fill_hops"],
+            graph_fill=bool(weight),
+        )
+        opts = {"fill_scale": fill_kwargs["fill_scale"], "graph_weight": weight}
+        return fill(recon, x, observed, transform=transform, fill_gate=gate, rate=rate, graph_mean=graph_mean, **opts)
+    if calibrate:
+        recon = calibrate_genes(recon, x)
+    imputed = recon.clamp_(min=0)
+    if transform == "log1p":
+        imputed.expm1_()
+    return imputed
+
+
+def finish_rows(recon, x_rows, stats, *, output: str, transform: str, **fill_kwargs):
+    """A chunk of rows of the imputed matrix (before :func:`finish_host`), from its reconstruction ``recon``.
+
+    ``x_rows``: the input rows as NumPy (``None``: keep no values); ``stats``: the rows' ``(rate, graph_mean)``,
+    either ``None`` when unused. ``fill_kwargs``: ``fill_gate``, ``fill_scale`` and ``graph_weight``.
+    """
+    if output != "fill":
+        return recon
+    import torch
+
+    rate, graph_mean = (None if a is None else torch.from_numpy(a).to(recon.device) for a in stats)
+    xr = None if x_rows is None else torch.from_numpy(x_rows).to(recon.device)
+    observed = None if xr is None else xr > 0
+    return fill(recon, xr, observed, transform=transform, rate=rate, graph_mean=graph_mean, **fill_kwargs)
+
+
+def finish_host(out: np.ndarray, x: np.ndarray, *, output: str, calibrate: bool, transform: str, chunk: int) -> None:
+    """In place on the host matrix ``out`` made of :func:`finish_rows` chunks: what needs all cells at once."""
+    if output != "recon":
+        return
+    n = x.shape[0]
+    if calibrate:
+        for start in range(0, x.shape[1], chunk):
+            cols = slice(start, start + chunk)
+            r, xc = out[:, cols].astype(np.float64), x[:, cols].astype(np.float64)
+            rc = r - r.mean(0)
+            slope = (rc * (xc - xc.mean(0))).mean(0) / np.maximum(rc.var(0), 1e-12)
+            out[:, cols] = rc * slope + xc.mean(0)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        np.clip(out[rows], 0, None, out=out[rows])
+        if transform == "log1p":
+            np.expm1(out[rows], out=out[rows])
+
+
+def finish_blocks(
+    pred,
+    target,
+    graph,
+    *,
+    output: str,
+    fill_gate: float = 0.0,
+    fill_scale: float = 1.0,
+    fill_hops: int = 1,
+    graph_weight: float = 0.0,
+    fill_symmetric: bool = False,
+):
+    """The imputed matrix from a prediction ``pred`` on the input layer's scale and the input layer ``target``.
+
+    Gene block by gene block: the neighbourhood statistics never exist for the whole matrix at once.
+    ``fill_symmetric``: the neighbourhood is a walk on the symmetrized, unweighted graph.
+    """
+    import torch
+
+    if output != "fill":
+        return pred
+    imputed = pred * fill_scale
+    hood = None
+    if fill_gate > 0 or graph_weight:
+        hood = Neighbourhood(graph, target.device, fill_hops, symmetric=fill_symmetric)
+    for cols in column_blocks(*target.shape):
+        t = target[:, cols]
+        observed = t > 0
+        values = imputed[:, cols]
+        if hood is not None:
+            rate, graph_mean = hood(t if graph_weight else None, observed)
+            if graph_weight:
+                values = values + graph_weight * graph_mean
+            values = gated(values, rate, fill_gate)
+        imputed[:, cols] = torch.where(observed, t, values)
+    return imputed
