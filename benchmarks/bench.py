@@ -18,7 +18,7 @@ Every (dataset, seed, method, task) job runs in a fresh Python process, so its w
 memory (``ru_maxrss`` measured right after imputation: data, graph, model and result) are its own.
 Jobs run one at a time: on a 2-core machine, parallel jobs distort each other's timings.
 
-Protocols (DESIGN section 3):
+Protocols:
 
 clustering
     ``pp.filter`` → ``pp.normalize(method="sqrt")`` → impute the ``normalized`` layer →
@@ -106,7 +106,7 @@ GNN_ABLATIONS = {
     "bf16, patience 100, lr 2e-3": {"precision": "bf16", "patience": 100, "lr": 2e-3},
     "fill gated (fill_gate=0.4, scVGAE's default)": {"fill_gate": 0.4},
     "no self-supervised masking (published)": {"mask_rate": 0.0},
-    "no graph term in the fill (session 7)": {"graph_fill": False, "fill_hops": 2},
+    "no graph term in the fill": {"graph_fill": False, "fill_hops": 2},
     "patience 50": {"patience": 50},
     "patience 25": {"patience": 25},
 }
@@ -245,7 +245,7 @@ def _train_layer(adata, method: str, counts_layer: str = "mcv_train") -> str:
 
 
 def _denoising_job(adata, job: dict, record: dict, options: dict) -> dict:
-    """The denoising task (molecular cross-validation; DESIGN section 3) for one job."""
+    """The denoising task (molecular cross-validation) for one job."""
     import baselines
     import scvgae_sc as sv
 

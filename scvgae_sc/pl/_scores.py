@@ -45,7 +45,7 @@ def _records(data: Any) -> pd.DataFrame:
     if isinstance(data, str | PathLike):
         path = Path(data)
         if not path.is_file():
-            raise ValueError(f"{str(path)!r} is not a file; pass a benchmark JSON (benchmarks/results/*.json).")
+            raise ValueError(f"{str(path)!r} is not a file; pass a JSON file written by the benchmarks ('bench.py').")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -118,7 +118,7 @@ def scores(
     ----------
     data
         A :class:`pandas.DataFrame` in long format, a list of records (dicts), a benchmark dict
-        with ``"records"``, or the path of a benchmark JSON (``benchmarks/results/*.json``).
+        with ``"records"``, or the path of a JSON file written by the benchmarks (``bench.py``).
     metric
         Column to plot: its exact name, a case-insensitive match, or a short name of the
         paper-protocol column (``"ARI"`` → ``paper_ari``; pass ``"leiden_ari"`` for Leiden).
@@ -144,8 +144,8 @@ def scores(
 
     Examples
     --------
-    >>> sv.pl.scores("benchmarks/results/scvgae.json", "ARI")
-    >>> sv.pl.scores("benchmarks/results/scvgae.json", "pearson")
+    >>> sv.pl.scores("scvgae.json", "ARI")
+    >>> sv.pl.scores("scvgae.json", "pearson")
     """
     check_show_save(show, save, return_fig)
     check_ax(ax)
