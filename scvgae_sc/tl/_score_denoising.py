@@ -242,6 +242,34 @@ class _Moments:
         return float(self.sxy / denom) if denom > 0 else float("nan")
 
 
+def _checked_inputs(adata: AnnData, layer: str, split_key: str):
+    """The split's record, its two halves and the layer to score, after checking that they still match."""
+    split = _split_record(adata, split_key)
+    X1, X2 = adata.layers[split["train_layer"]], adata.layers[split["test_layer"]]
+    shape = tuple(int(n) for n in split.get("shape", X1.shape))
+    if shape != adata.shape:
+        raise ValueError(
+            f"The split {split_key!r} was drawn on {shape[0]} × {shape[1]} cells × genes, but adata now has shape "
+            f"{adata.n_obs} × {adata.n_vars} (subset after the split). Split the data as they will be scored: "
+            f"`scvgae_sc.pp.split_counts(adata, key_added={split_key!r})`."
+        )
+    if matrix_digest(X1) != split.get("train_digest"):
+        raise ValueError(
+            f"adata.layers[{split['train_layer']!r}] changed since the split {split_key!r} was drawn (edited, or the "
+            f"data were subset after the split). Split the data as they will be scored: "
+            f"`scvgae_sc.pp.split_counts(adata, key_added={split_key!r})`."
+        )
+    check_counts(X2, f"adata.layers[{split['test_layer']!r}]")
+    if layer not in adata.layers:
+        have = ", ".join(repr(k) for k in adata.layers) or "none"
+        raise ValueError(f"adata.layers has no layer {layer!r} (layers present: {have}).")
+    V = adata.layers[layer]
+    if V.shape != adata.shape or X2.shape != adata.shape:
+        raise ValueError(f"adata.layers[{layer!r}] has shape {V.shape}, but adata has shape {adata.shape}.")
+    check_finite(V, f"adata.layers[{layer!r}]")
+    return split, X1, X2, V
+
+
 def score_denoising(
     adata: AnnData,
     layer: str,
@@ -327,29 +355,7 @@ def score_denoising(
         raise TypeError(f"layer must be a layer name (str), got {type(layer).__name__}.")
     if key_added is not None and (not isinstance(key_added, str) or not key_added):
         raise TypeError(f"key_added must be a non-empty str or None, got {key_added!r}.")
-    split = _split_record(adata, split_key)
-    X1, X2 = adata.layers[split["train_layer"]], adata.layers[split["test_layer"]]
-    shape = tuple(int(n) for n in split.get("shape", X1.shape))
-    if shape != adata.shape:
-        raise ValueError(
-            f"The split {split_key!r} was drawn on {shape[0]} × {shape[1]} cells × genes, but adata now has shape "
-            f"{adata.n_obs} × {adata.n_vars} (subset after the split). Split the data as they will be scored: "
-            f"`scvgae_sc.pp.split_counts(adata, key_added={split_key!r})`."
-        )
-    if matrix_digest(X1) != split.get("train_digest"):
-        raise ValueError(
-            f"adata.layers[{split['train_layer']!r}] changed since the split {split_key!r} was drawn (edited, or the "
-            f"data were subset after the split). Split the data as they will be scored: "
-            f"`scvgae_sc.pp.split_counts(adata, key_added={split_key!r})`."
-        )
-    check_counts(X2, f"adata.layers[{split['test_layer']!r}]")
-    if layer not in adata.layers:
-        have = ", ".join(repr(k) for k in adata.layers) or "none"
-        raise ValueError(f"adata.layers has no layer {layer!r} (layers present: {have}).")
-    V = adata.layers[layer]
-    if V.shape != adata.shape or X2.shape != adata.shape:
-        raise ValueError(f"adata.layers[{layer!r}] has shape {V.shape}, but adata has shape {adata.shape}.")
-    check_finite(V, f"adata.layers[{layer!r}]")
+    split, X1, X2, V = _checked_inputs(adata, layer, split_key)
     scale = _scale_of(adata, layer, split, split_key)
 
     lib1 = np.asarray(X1.sum(axis=1), dtype=np.float64).ravel()
