@@ -290,3 +290,15 @@ def keep_torch_threads() -> Iterator[None]:
         torch = sys.modules.get("torch")
         if torch is not None and n is not None and torch.get_num_threads() != n:
             torch.set_num_threads(n)
+
+
+def counts_source(adata: AnnData, counts_layer: str) -> tuple[np.ndarray | sparse.spmatrix, bool]:
+    """The raw counts, checked: ``layers[counts_layer]``, else ``X`` (then ``True``: copy them into that layer)."""
+    if counts_layer in adata.layers:
+        counts = get_layer(adata, counts_layer, what="counts layer")
+        check_counts(counts, f"adata.layers[{counts_layer!r}]")
+        return counts, False
+    if adata.X is None:
+        raise ValueError(f"adata.X is None and there is no layer {counts_layer!r}; put raw counts in X.")
+    check_counts(adata.X, f"adata.X (copied to layers[{counts_layer!r}])")
+    return adata.X, True

@@ -8,7 +8,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import COUNTS, NORMALIZED
-from .._utils import check_adata, check_counts, get_layer, uns_entry
+from .._utils import check_adata, counts_source, uns_entry
 
 _METHODS = ("sqrt", "log1p", "total")
 
@@ -120,16 +120,7 @@ def normalize(
     if key_added == counts_layer:
         raise ValueError(f"key_added {key_added!r} would overwrite the counts layer; choose another name.")
 
-    if counts_layer in adata.layers:
-        counts = get_layer(adata, counts_layer, what="counts layer")
-        check_counts(counts, f"adata.layers[{counts_layer!r}]")
-        copy_counts = False
-    else:
-        if adata.X is None:
-            raise ValueError(f"adata.X is None and there is no layer {counts_layer!r}; put raw counts in X.")
-        counts = adata.X
-        check_counts(counts, f"adata.X (copied to layers[{counts_layer!r}])")
-        copy_counts = True
+    counts, copy_counts = counts_source(adata, counts_layer)
 
     if copy:
         adata = adata.copy()

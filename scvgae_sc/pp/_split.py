@@ -8,7 +8,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import COUNTS, UNS_KEY
-from .._utils import check_adata, check_counts, get_layer, params_for_uns, uns_entry
+from .._utils import check_adata, counts_source, params_for_uns, uns_entry
 
 #: Default key of a molecule split.
 SPLIT = "mcv"
@@ -156,16 +156,7 @@ def split_counts(
             "another key_added."
         )
 
-    if counts_layer in adata.layers:
-        counts = get_layer(adata, counts_layer, what="counts layer")
-        check_counts(counts, f"adata.layers[{counts_layer!r}]")
-        copy_counts = False
-    else:
-        if adata.X is None:
-            raise ValueError(f"adata.X is None and there is no layer {counts_layer!r}; put raw counts in X.")
-        counts = adata.X
-        check_counts(counts, f"adata.X (copied to layers[{counts_layer!r}])")
-        copy_counts = True
+    counts, copy_counts = counts_source(adata, counts_layer)
 
     start = logg.info(f"splitting counts into molecule halves (fraction={fraction:g})")
     rng = np.random.default_rng(random_state)
