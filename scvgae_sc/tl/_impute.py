@@ -17,6 +17,7 @@ from .._constants import COUNTS, NORMALIZED, connectivities_key, latent_key
 from .._utils import check_adata, check_counts, check_nonnegative, get_layer, params_for_uns
 from .._version import __version__
 from ._models import ImputationModel, ImputeResult
+from ._output import denoise_scale, finish_denoised
 
 
 def layer_normalization(adata: AnnData, layer: str | None) -> str | None:
@@ -301,6 +302,9 @@ def _prepare_run(
 def _train(model_cls: type[ImputationModel], run: dict[str, Any], inputs: dict[str, Any], normalization, max_epochs):
     """Train and impute; the output goes to ``run["path"]`` when given (removed again on an error)."""
     path, X = run["path"], inputs["X"]
+    denoise = None
+    if run["options"].output.output == "denoised":  # refused here, before training, if the layer cannot take it
+        denoise = denoise_scale(inputs["counts"], normalization, source=model_cls.denoised_source)
     out = None
     if run["to_file"]:
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=X.shape)
@@ -326,6 +330,9 @@ def _train(model_cls: type[ImputationModel], run: dict[str, Any], inputs: dict[s
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=X.shape)
         out[...] = result.imputed
         result.imputed = out
+    if denoise is not None:
+        finish_denoised(result.imputed, denoise)
+        result.model_state["denoise"] = denoise
     if out is not None:
         out.flush()
         result.imputed = out.view(np.ndarray)

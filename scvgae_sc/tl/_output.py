@@ -11,6 +11,11 @@ chunks of cells, blocks of genes), so that a new output kind is added in this mo
     scaled by fitted weights, optionally mixed with the neighbourhood's mean detected value).
 ``"recon"``
     The whole reconstruction, mapped to the input layer's scale (scVGAE: optionally calibrated per gene).
+``"denoised"``
+    Every entry is the model's estimate of the cell's expression: the count model's expected count (scVGAE:
+    ``(1 − π) · M``; GNNImpute: its decoder output, taken to linear expression) at the median library, turned
+    into the average value that the input layer's normalization gives a count drawn from it
+    (:func:`finish_denoised`). Scored by :func:`~scvgae_sc.tl.score_denoising`.
 """
 
 from __future__ import annotations
@@ -25,12 +30,25 @@ if TYPE_CHECKING:
     import torch
 
 #: The ``output`` option's type.
-OutputKind = Literal["fill", "recon"]
+OutputKind = Literal["fill", "recon", "denoised"]
 #: The output kinds, with what they are (the choices the options accept).
 OUTPUT_KINDS: dict[str, str] = {
     "fill": "observed values kept, zeros replaced by the prediction",
     "recon": "the reconstruction everywhere, on the input layer's scale",
+    "denoised": "every entry the model's expected expression, as the input layer's normalization shows it",
 }
+#: Layers ``output="denoised"`` can be written to: how ``pp.normalize`` made them.
+DENOISED_LAYERS = ("sqrt", "log1p", "total")
+
+
+def prediction(out: dict, output: str):
+    """What scVGAE's heads give for ``output`` (float32): the expected count ``(1 − π) · M`` at the median library
+    for ``"denoised"``, the decoder's reconstruction otherwise."""
+    import torch
+
+    if output == "denoised":
+        return out["mean"].float() * torch.sigmoid(-out["pi_logits"].float())
+    return out["recon"].float()
 
 
 def layer_values(x, transform: str):
@@ -109,10 +127,10 @@ def finish_dense(recon, x, graph, *, output: str, calibrate: bool, transform: st
         )
         opts = {"fill_scale": fill_kwargs["fill_scale"], "graph_weight": weight}
         return fill(recon, x, observed, transform=transform, fill_gate=gate, rate=rate, graph_mean=graph_mean, **opts)
-    if calibrate:
+    if calibrate and output == "recon":
         recon = calibrate_genes(recon, x)
     imputed = recon.clamp_(min=0)
-    if transform == "log1p":
+    if transform == "log1p" and output == "recon":
         imputed.expm1_()
     return imputed
 
@@ -188,3 +206,115 @@ def finish_blocks(
             values = gated(values, rate, fill_gate)
         imputed[:, cols] = torch.where(observed, t, values)
     return imputed
+
+
+# --------------------------------------------------------------------------------------------------
+# output="denoised": from expected counts to the input layer's scale
+# --------------------------------------------------------------------------------------------------
+
+#: Poisson means below each bound are summed up to the paired count (the tail beyond is below 1e-9);
+#: larger means use the moment expansion of :func:`expected_log1p`.
+_SUM_TIERS = ((1.0, 14), (5.0, 30), (25.0, 75))
+
+
+def expected_log1p(lam: np.ndarray) -> np.ndarray:
+    r""":math:`E[\log(1 + Y)]` for :math:`Y \sim \mathrm{Poisson}(\lambda)`, elementwise (float64).
+
+    Summed over the counts for :math:`\lambda < 25`; above, the expansion in the central moments of the Poisson
+    distribution to fourth order (absolute error below 1e-4 there).
+    """
+    lam = np.maximum(np.asarray(lam, dtype=np.float64), 0.0)
+    out = np.empty_like(lam)
+    low = 0.0
+    for high, y_max in _SUM_TIERS:
+        sel = (lam >= low) & (lam < high)
+        if sel.any():
+            out[sel] = _poisson_sum(lam[sel], y_max)
+        low = high
+    big = lam >= low
+    if big.any():
+        m = lam[big]
+        u = 1.0 + m
+        out[big] = np.log(u) - m / (2 * u**2) + m / (3 * u**3) - (m + 3 * m**2) / (4 * u**4)
+    return out
+
+
+def _poisson_sum(lam: np.ndarray, y_max: int) -> np.ndarray:
+    """``sum_y P(Y = y) log(1 + y)`` for ``y = 1 … y_max`` (the term ``y = 0`` is zero)."""
+    with np.errstate(divide="ignore"):
+        log_lam = np.log(lam)
+    log_p = -lam
+    total = np.zeros_like(lam)
+    for y in range(1, y_max + 1):
+        log_p = log_p + log_lam - np.log(y)
+        total += np.exp(log_p) * np.log1p(y)
+    return total
+
+
+def denoise_scale(counts, normalization: str | None, *, source: str) -> dict:
+    """How :func:`finish_denoised` maps a model's prediction to the input layer (saved with the model).
+
+    Parameters
+    ----------
+    counts
+        The training counts (cells × genes); per-cell factors are kept for ``"sqrt"`` layers only, whose rows are
+        scaled cell by cell.
+    normalization
+        How ``pp.normalize`` made the input layer: ``"sqrt"``, ``"log1p"`` or ``"total"``.
+    source
+        ``"counts"``: the prediction is an expected count at the median library (scVGAE's count model);
+        ``"layer"``: it is on the input layer's scale (GNNImpute's decoder) and is taken to linear expression first.
+    """
+    if normalization not in DENOISED_LAYERS:
+        raise ValueError(
+            "output='denoised' needs an input layer written by scvgae_sc.pp.normalize (method 'sqrt', 'log1p' or "
+            f"'total'), whose normalization it reproduces; this layer's is {normalization!r}. Normalize the counts "
+            "with pp.normalize and impute that layer, or use output='recon'."
+        )
+    scale: dict = {"kind": normalization, "source": source}
+    if normalization == "sqrt":
+        from scipy import sparse
+
+        C = sparse.csr_matrix(counts, dtype=np.float64)
+        lib = np.asarray(C.sum(axis=1)).ravel()
+        C.data = np.log1p(C.data)
+        log_lib = np.asarray(C.sum(axis=1)).ravel()
+        scale["depth"] = (lib / _median_positive(lib)).tolist()
+        scale["log_depth"] = (log_lib / _median_positive(log_lib)).tolist()
+    return scale
+
+
+def _median_positive(values: np.ndarray) -> float:
+    positive = values[values > 0]
+    return float(np.median(positive)) if positive.size else 1.0
+
+
+def finish_denoised(imputed: np.ndarray, scale: dict, *, chunk: int = 1024) -> None:
+    r"""In place, ``chunk`` rows at a time: ``output="denoised"`` on the input layer's scale.
+
+    ``imputed`` holds the model's prediction (see :func:`denoise_scale`). With :math:`\mu` the expected count at
+    the median library it becomes :math:`E[\log(1 + Y)]`, :math:`Y \sim \mathrm{Poisson}(\mu)`, on a ``log1p``
+    layer and its ``expm1`` on a ``total`` layer; on a ``sqrt`` layer the count is drawn at the cell's own library
+    and :math:`E[\log(1 + Y)]` is scaled as the layer scaled that cell's :math:`\log(1 + C)` row. These are the
+    averages of what the layer would hold for a new sample of the cell's molecules, which is what
+    :func:`~scvgae_sc.tl.score_denoising` scores: the log of the expected count would overstate every entry of
+    few molecules.
+    """
+    kind = scale["kind"]
+    depth = np.asarray(scale.get("depth", []), dtype=np.float64)
+    log_depth = np.asarray(scale.get("log_depth", []), dtype=np.float64)
+    for start in range(0, imputed.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        v = np.maximum(imputed[rows].astype(np.float64), 0.0)
+        if scale["source"] == "layer":  # the layer's values → expected count at the median library
+            if kind == "log1p":
+                v = np.expm1(v)
+            elif kind == "sqrt":
+                v = np.expm1(v**2 * log_depth[rows, None]) / np.maximum(depth[rows, None], 1e-12)
+        if kind == "sqrt":
+            v = np.sqrt(expected_log1p(v * depth[rows, None]) / np.maximum(log_depth[rows, None], 1e-12))
+        else:
+            v = expected_log1p(v)
+            if kind == "total":
+                v = np.expm1(v)
+        imputed[rows] = v

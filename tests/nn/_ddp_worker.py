@@ -28,7 +28,7 @@ TRAINER_RUNS = (("forward", 1), ("pieces", 1), ("forward", 3))
 IMPUTE_KW = {"max_epochs": 2, "progress_bar": False, "random_state": 0, "device": "cpu"}
 SCVGAE_KW = {"batch_size": 128, "hidden": 16, "decoder_hidden": 32}
 GNNIMPUTE_KW = {"hidden": 32, "latent": 8, "batch_size": 128}
-IMPUTE_RUNS = ("full", "subgraph", "unseeded", "gnnimpute", "gnnimpute_subgraph")
+IMPUTE_RUNS = ("full", "subgraph", "unseeded", "gnnimpute", "gnnimpute_subgraph", "denoised")
 
 
 def make_data() -> dict[str, torch.Tensor]:
@@ -98,8 +98,8 @@ def impute_all(adata, runs: tuple[str, ...] = IMPUTE_RUNS) -> dict[str, np.ndarr
     """``tl.impute`` runs; their layers, latents, histories and world sizes as a flat dict of arrays.
 
     ``"full"`` / ``"subgraph"``: scVGAE with that batching; ``"unseeded"``: scVGAE on subgraphs with
-    ``random_state=None`` and its own graph (ranks must still agree); ``"gnnimpute"`` (full batch) and
-    ``"gnnimpute_subgraph"``.
+    ``random_state=None`` and its own graph (ranks must still agree); ``"gnnimpute"`` (full batch),
+    ``"gnnimpute_subgraph"`` and ``"denoised"`` (scVGAE on subgraphs, ``output="denoised"``).
     """
     import scvgae_sc as sv
 
@@ -108,6 +108,9 @@ def impute_all(adata, runs: tuple[str, ...] = IMPUTE_RUNS) -> dict[str, np.ndarr
         if name.startswith("gnnimpute"):
             kw = {**IMPUTE_KW, **GNNIMPUTE_KW, "batching": "subgraph" if name.endswith("subgraph") else "full"}
             sv.tl.impute(adata, method="gnnimpute", layer="total", key_added=name, **kw)
+        elif name == "denoised":
+            kw = {**IMPUTE_KW, **SCVGAE_KW, "batching": "subgraph", "output": "denoised"}
+            sv.tl.impute(adata, method="scvgae", graph_key="cell_graph", key_added=name, **kw)
         elif name == "unseeded":
             kw = {**IMPUTE_KW, **SCVGAE_KW, "batching": "subgraph", "random_state": None}
             sv.tl.impute(adata, method="scvgae", key_added=name, **kw)

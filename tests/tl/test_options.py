@@ -32,7 +32,7 @@ def test_options_are_frozen_grouped_and_validated():
         GNNImputeOptions.from_kwargs(output="smooth")
     with pytest.raises(ValueError, match="split fractions must sum to 1"):
         GNNImputeOptions.from_kwargs(split=(0.5, 0.2, 0.2))
-    assert set(OUTPUT_KINDS) == {"fill", "recon"}
+    assert set(OUTPUT_KINDS) == {"fill", "recon", "denoised"}
 
 
 def test_registry_by_method_name():

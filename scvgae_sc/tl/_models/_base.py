@@ -26,6 +26,7 @@ from scipy import sparse
 from ..._constants import connectivities_key, latent_key
 from ..._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns
 from ..._version import __version__
+from .._output import finish_denoised
 from ._options import MethodOptions
 
 #: Version of the on-disk format (``major.minor``). A reader refuses a newer major or minor version; a minor
@@ -115,6 +116,9 @@ class ImputationModel:
     dense_copies_host: ClassVar[float] = 4
     #: Whether writing the output to a file saves one dense copy (subgraph prediction written chunk by chunk).
     streams_output: ClassVar[bool] = False
+    #: What the network predicts for ``output="denoised"``: ``"counts"`` (expected counts at the median library)
+    #: or ``"layer"`` (values on the input layer's scale); see :func:`~scvgae_sc.tl._output.denoise_scale`.
+    denoised_source: ClassVar[str] = "layer"
     #: Above this many cells, ``batching="auto"`` trains on subgraphs; with ``None`` only the memory budget decides.
     subgraph_min_cells: ClassVar[int | None] = None
     #: Position of the method in listings (:meth:`methods`).
@@ -249,6 +253,7 @@ class ImputationModel:
             "obs_names": [str(x) for x in adata.obs_names],
             "var_names": [str(x) for x in adata.var_names],
             "trained_on": result.device,
+            "denoise": state.get("denoise"),
         }
         config["version"] = __version__
         return cls(state["module"], config, graph=result.graph, history=result.history)
@@ -398,6 +403,8 @@ class ImputationModel:
         module = self.module.to(dev)
         try:
             imputed, latent = self._predict_arrays(X, dev)
+            if self.config.get("denoise"):
+                finish_denoised(imputed, self.config["denoise"])
         finally:
             self.module = module.cpu()
             if hasattr(self.module, "reset_cache"):

@@ -19,7 +19,7 @@ from .._common import (
     size_factors,
 )
 from .._output import fill as fill_values
-from .._output import finish_dense, layer_values, neighbourhood
+from .._output import finish_dense, layer_values, neighbourhood, prediction
 from ._base import ImputationModel, ImputeResult
 from ._options import SCVGAEOptions
 from ._plans import SCVGAEPlan, hide_observed
@@ -137,8 +137,10 @@ def scvgae_options() -> dict[str, Any]:
     return SCVGAEOptions.defaults()
 
 
-def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
+def _reconstruct(module, x, edge_index, edge_weight, chunk: int, output: str = "recon"):
     """Eval-mode ``(recon, z)`` without gradients; heads and decoder run on ``chunk`` rows at a time.
+
+    ``recon`` is the heads' :func:`~scvgae_sc.tl._output.prediction` for ``output``.
 
     The encoder propagates over the whole graph once (``hidden`` channels); the ``n_cells × n_genes``
     intermediates of the heads, the decoder and the add-back exist only per chunk.
@@ -154,7 +156,7 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int):
             h = module.propagate_graph(z, graph) if module.propagate is not None else z
             recon = torch.empty(x.shape, dtype=torch.float32, device=x.device)
             for rows in torch.arange(x.shape[0], device=x.device).split(max(int(chunk), 2)):
-                recon[rows] = module.decode(h[rows], z[rows], x[rows], rows)["recon"].float()
+                recon[rows] = prediction(module.decode(h[rows], z[rows], x[rows], rows), output)
     finally:
         module.train(was_training)
     return recon, z.float()
@@ -226,7 +228,7 @@ def predict_scvgae(
         kwargs = {"output": output, "calibrate": calibrate, "transform": transform, "fill_gate": fill_gate}
         kwargs.update(fill_scale=fill_scale, fill_hops=fill_hops, graph_weight=graph_weight)
         return predict_scvgae_subgraph(module, x_np, graph, device=device, chunk=chunk, out=out, **kwargs)
-    recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk)
+    recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk, output)
     fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "fill_hops": fill_hops, "graph_weight": graph_weight}
     imputed = finish_dense(recon, x, graph, output=output, calibrate=calibrate, transform=transform, **fill)
     imputed = imputed.cpu().numpy()
@@ -250,6 +252,7 @@ class SCVGAEModel(ImputationModel):
     #: measured above the data on simulated cells × 2,000 genes; the fill's statistics over 2 graph steps included.
     dense_copies_subgraph = 6
     streams_output = True
+    denoised_source = "counts"
     subgraph_min_cells = SUBGRAPH_MIN_CELLS
 
     @classmethod

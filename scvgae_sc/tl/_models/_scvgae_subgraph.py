@@ -14,7 +14,7 @@ import numpy as np
 from scipy import sparse
 
 from .._common import epoch_steps, fill_weights_from_sums, gated, neighbourhood_operator
-from .._output import finish_host, finish_rows
+from .._output import finish_host, finish_rows, prediction
 from .._subgraph import SubgraphSampler, gcn_adjacency
 
 #: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
@@ -62,9 +62,17 @@ def embed(module, sampler: SubgraphSampler, x: np.ndarray, dev, chunk: int):
 
 
 def reconstructions(
-    module, sampler: SubgraphSampler, x_in: np.ndarray, dev, chunk: int, latent: list | None = None
+    module,
+    sampler: SubgraphSampler,
+    x_in: np.ndarray,
+    dev,
+    chunk: int,
+    latent: list | None = None,
+    output: str = "recon",
 ) -> Iterator:
     """Yield ``(rows, recon_rows)`` (eval mode, no gradients) over all cells, ``chunk`` rows at a time.
+
+    ``recon_rows`` is the heads' :func:`~scvgae_sc.tl._output.prediction` for ``output``.
 
     ``latent``, when given, receives every cell's latent (appended before the first chunk is yielded).
     """
@@ -81,7 +89,7 @@ def reconstructions(
                 rows = np.arange(start, min(start + chunk, sampler.n))
                 r = _to(rows, dev)
                 out = module.decode(h[r], z[r], _to(x_in[rows], dev), r)
-                yield rows, out["recon"].float()
+                yield rows, prediction(out, output)
     finally:
         module.train(was_training)
 
@@ -175,7 +183,7 @@ def predict_scvgae_subgraph(
         stats_of = _neighbourhood_rows(graph, x, hops=fill_hops, transform=transform, with_mean=bool(graph_weight))
     fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
     latent: list = []
-    for rows, recon in reconstructions(module, sampler, x, device, chunk, latent):
+    for rows, recon in reconstructions(module, sampler, x, device, chunk, latent, output):
         stats = stats_of(rows) if stats_of is not None else (None, None)
         recon = finish_rows(recon, x[rows], stats, output=output, transform=transform, **fill)
         out[rows] = recon.cpu().numpy()

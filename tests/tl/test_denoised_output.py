@@ -1,0 +1,137 @@
+"""``output="denoised"``: the expected-log mapping, every data path, saved models and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+from scipy.stats import poisson
+
+import scvgae_sc as sv
+from scvgae_sc.tl._models import ImputationModel
+from scvgae_sc.tl._output import denoise_scale, expected_log1p, finish_denoised
+from scvgae_sc.tl._score_denoising import _Scale, _to_linear
+
+FAST = {"max_epochs": 2, "progress_bar": False, "random_state": 0, "hidden": 16, "decoder_hidden": 32}
+FAST_GNN = {"max_epochs": 3, "progress_bar": False, "random_state": 0, "hidden": 16, "latent": 8}
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-4, 0.3, 0.999, 1.0, 4.9, 5.0, 12.0, 24.9, 25.0, 60.0, 400.0])
+def test_expected_log1p_is_the_poisson_average(lam):
+    y = np.arange(0, 4000)
+    exact = float((poisson.pmf(y, lam) * np.log1p(y)).sum())
+    assert expected_log1p(np.array([lam]))[0] == pytest.approx(exact, abs=1e-4)
+
+
+def test_expected_log1p_lies_below_the_log_of_the_mean():
+    lam = np.array([0.1, 1.0, 10.0])
+    assert (expected_log1p(lam) < np.log1p(lam)).all()  # Jensen: the log of the mean overstates few molecules
+
+
+def _counts(n=30, g=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return sparse.csr_matrix(rng.poisson(rng.gamma(1.0, 2.0, (n, g)) * rng.uniform(0.5, 2, (n, 1))))
+
+
+@pytest.mark.parametrize("kind", ["log1p", "total"])
+def test_finish_denoised_on_median_library_layers(kind):
+    mu = np.random.default_rng(1).gamma(1.0, 2.0, (30, 12)).astype(np.float32)
+    out = mu.copy()
+    finish_denoised(out, denoise_scale(_counts(), kind, source="counts"), chunk=7)
+    expected = expected_log1p(mu) if kind == "log1p" else np.expm1(expected_log1p(mu))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sqrt_layer_round_trips_through_the_scoring_map():
+    """On a sqrt layer the value is placed so that score_denoising's inverse of that layer gives expm1 of the
+    expected log1p of a count drawn at the cell's own library, back at the scoring library."""
+    C = _counts()
+    lib = np.asarray(C.sum(1)).ravel().astype(np.float64)
+    log_lib = np.asarray(C.log1p().sum(1)).ravel()
+    s = float(np.median(log_lib[log_lib > 0]))
+    mu = np.random.default_rng(2).gamma(1.0, 2.0, C.shape).astype(np.float32)
+    scale = denoise_scale(C, "sqrt", source="counts")
+    V = mu.copy()
+    finish_denoised(V, scale)
+    t = 100.0
+    P = _to_linear(V.astype(np.float64), _Scale("sqrt", s, "layer"), lib, log_lib, t)
+    depth = lib / np.median(lib[lib > 0])
+    np.testing.assert_allclose(P, np.expm1(expected_log1p(mu * depth[:, None])) * (t / lib)[:, None], rtol=1e-4)
+
+
+def test_layer_source_is_taken_to_linear_first():
+    C = _counts()
+    mu = np.random.default_rng(3).gamma(1.0, 2.0, C.shape)
+    from_counts, from_layer = mu.astype(np.float32), np.log1p(mu).astype(np.float32)
+    finish_denoised(from_counts, denoise_scale(C, "log1p", source="counts"))
+    finish_denoised(from_layer, denoise_scale(C, "log1p", source="layer"))
+    np.testing.assert_allclose(from_layer, from_counts, rtol=1e-5)
+
+
+def test_unknown_layer_refused():
+    with pytest.raises(ValueError, match="output='denoised' needs an input layer written by"):
+        denoise_scale(_counts(), None, source="counts")
+
+
+@pytest.fixture
+def normalized(pbmc68k):
+    sv.pp.normalize(pbmc68k)
+    sv.pp.normalize(pbmc68k, method="log1p", key_added="log1p")
+    return pbmc68k
+
+
+@pytest.mark.parametrize("layer", ["normalized", "log1p"])
+@pytest.mark.parametrize("batching", ["full", "subgraph"])
+def test_scvgae_denoised_every_entry(normalized, layer, batching):
+    sv.tl.impute(normalized, method="scvgae", layer=layer, output="denoised", batching=batching, **FAST)
+    Y = normalized.layers["scvgae"]
+    X = normalized.layers[layer]
+    assert Y.shape == X.shape and np.isfinite(Y).all() and (Y >= 0).all()
+    assert (Y[X.toarray() == 0] > 0).mean() > 0.99  # every entry is an estimate, zeros included
+    assert normalized.uns["scvgae"]["params"]["output"] == "denoised"
+
+
+def test_denoised_to_file_and_from_a_saved_model(normalized, tmp_path):
+    path = tmp_path / "denoised.npy"
+    model = sv.tl.impute(normalized, method="scvgae", output="denoised", filename=path, return_model=True, **FAST)
+    assert model.denoised_source == "counts"
+    model.save(tmp_path / "m")
+    on_disk = np.load(path)
+    np.testing.assert_array_equal(on_disk, np.asarray(normalized.layers["scvgae"]))
+    model = ImputationModel.load(tmp_path / "m")
+    np.testing.assert_allclose(model.predict(normalized), on_disk, rtol=1e-5, atol=1e-6)
+
+
+def test_denoised_with_batch_key(normalized):
+    normalized.obs["batch"] = np.where(np.arange(normalized.n_obs) % 2, "a", "b")
+    sv.tl.impute(normalized, method="scvgae", output="denoised", batch_key="batch", **FAST)
+    assert np.isfinite(normalized.layers["scvgae"]).all()
+
+
+@pytest.mark.parametrize("batching", ["full", "subgraph"])
+def test_gnnimpute_denoised(normalized, batching):
+    sv.pp.normalize(normalized, method="total", key_added="total")
+    sv.tl.impute(normalized, method="gnnimpute", layer="total", output="denoised", batching=batching, **FAST_GNN)
+    Y = normalized.layers["gnnimpute"]
+    assert np.isfinite(Y).all() and (Y >= 0).all()
+
+
+def test_denoised_refused_on_a_layer_of_unknown_normalization(normalized, snapshot):
+    normalized.layers["mine"] = normalized.layers["log1p"].copy()
+    snap = snapshot(normalized)
+    with pytest.raises(ValueError, match="needs an input layer written by scvgae_sc.pp.normalize"):
+        sv.tl.impute(normalized, method="scvgae", layer="mine", output="denoised", **FAST)
+    snap.assert_unchanged(normalized)
+
+
+def test_denoised_beats_no_imputation_under_mcv(pbmc68k):
+    """The yardstick itself: on held-out molecules the denoised layer scores better than its input."""
+    sv.pp.filter(pbmc68k)
+    sv.pp.split_counts(pbmc68k, random_state=0)
+    sv.pp.normalize(pbmc68k, method="log1p", counts_layer="mcv_train", key_added="train_log1p")
+    opts = {**FAST, "max_epochs": 30, "alpha": 0.0, "mask_rate": 0.0, "lr": 3e-3}
+    sv.tl.impute(pbmc68k, method="scvgae", layer="train_log1p", counts_layer="mcv_train", output="denoised", **opts)
+    none = sv.tl.score_denoising(pbmc68k, "mcv_train")["mcv"]
+    denoised = sv.tl.score_denoising(pbmc68k, "scvgae")["mcv"]
+    print(f"MCV: none {none:.4f}, denoised {denoised:.4f}")
+    assert denoised < 0.8 * none
