@@ -43,9 +43,9 @@ def test_contract_keys_scale_and_h5ad(prepared, tmp_path):
     np.testing.assert_array_equal(back.uns["scvgae"]["history"]["loss"], u["history"]["loss"])
 
 
-def test_default_output_is_on_the_input_scale(prepared):
-    """Default output="fill": observed values kept; imputed zeros are values of the input layer's range."""
-    sv.tl.impute(prepared, method="scvgae", max_epochs=20, progress_bar=False)
+def test_fill_output_is_on_the_input_scale(prepared):
+    """output="fill": observed values kept; imputed zeros are values of the input layer's range."""
+    sv.tl.impute(prepared, method="scvgae", max_epochs=20, progress_bar=False, output="fill")
     out, inp = prepared.layers["scvgae"], prepared.layers["normalized"].toarray()
     observed = inp > 0
     np.testing.assert_array_equal(out[observed], inp[observed])
@@ -93,7 +93,7 @@ def _neighbourhood_by_hand(adata, key: str, X: np.ndarray, hops: int) -> tuple[n
 
 def test_fill_gate_and_scale(prepared):
     """The gate only lowers fill values where neighbours rarely detect the gene; fitted weights are recorded."""
-    kw = {"max_epochs": 5, "progress_bar": False, "copy": True, "random_state": 3}
+    kw = {"max_epochs": 5, "progress_bar": False, "copy": True, "random_state": 3, "output": "fill"}
     plain = sv.tl.impute(prepared, method="scvgae", fill_gate=0.0, fill_scale="none", **kw)
     gated = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="none", **kw)
     fitted = sv.tl.impute(prepared, method="scvgae", fill_gate=0.5, fill_scale="fit", graph_fill=False, **kw)
@@ -222,3 +222,15 @@ def test_view_and_type(prepared):
         sv.tl.impute(prepared[:100], method="scvgae", max_epochs=1)
     with pytest.raises(TypeError, match="AnnData"):
         sv.tl.impute(prepared.X, method="scvgae")
+
+
+def test_default_output_is_denoised_with_its_training(prepared):
+    """Default output="denoised": every entry estimated, on the input layer's range; "auto" training resolved."""
+    sv.tl.impute(prepared, method="scvgae", max_epochs=5, progress_bar=False)
+    p = prepared.uns["scvgae"]["params"]
+    assert p["output"] == "denoised" and (p["alpha_used"], p["mask_rate_used"], p["lr_used"]) == (0.0, 0.0, 3e-3)
+    out, inp = prepared.layers["scvgae"], prepared.layers["normalized"].toarray()
+    assert (out[inp == 0] > 0).all() and out.max() <= 1.5 * inp.max()
+    sv.tl.impute(prepared, method="scvgae", progress_bar=False, output="fill", max_epochs=2, key_added="fill")
+    p = prepared.uns["fill"]["params"]
+    assert (p["alpha_used"], p["mask_rate_used"], p["lr_used"], p["max_epochs_used"]) == (0.05, 0.1, 1e-3, 2)

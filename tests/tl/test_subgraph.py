@@ -79,7 +79,7 @@ def masked(pbmc68k):
 
 
 def _impute(adata, **kw):
-    kw = {"max_epochs": EPOCHS, "progress_bar": False, "batch_size": 128, **kw}
+    kw = {"max_epochs": EPOCHS, "progress_bar": False, "batch_size": 128, "output": "fill", **kw}
     sv.tl.impute(adata, method="scvgae", layer="masked", counts_layer="masked_counts", **kw)
 
 

@@ -97,7 +97,10 @@ def gnnimpute_options() -> dict[str, Any]:
         imputation, not only reconstruction. ``0`` turns it off (the published training).
     ``output`` (``"fill"``)
         ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
-        ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output).
+        ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output);
+        ``"denoised"``: the model's output everywhere, taken as the expected expression at the median library and
+        written as the average value the input layer's normalization gives a Poisson count of that mean (see
+        :func:`scvgae_options`; the input layer must come from :func:`~scvgae_sc.pp.normalize`).
     ``fill_gate`` (0), ``fill_scale`` (``"auto"``)
         As for scVGAE (:func:`scvgae_options`): with ``fill_gate > 0`` a zero is filled with the full prediction
         where the gene is detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the

@@ -160,12 +160,12 @@ class SCVGAEArchitecture:
 class SCVGAETraining:
     """The objective, the masking and the optimizer steps."""
 
-    alpha: float = 0.05
-    lr: float = 1e-3
+    alpha: float | Literal["auto"] = "auto"
+    lr: float | Literal["auto"] = "auto"
     weight_decay: float = 0.0
     kl_weight: float = 1.0
     zinb_target: Literal["counts", "normalized"] = "counts"
-    mask_rate: float = 0.1
+    mask_rate: float | Literal["auto"] = "auto"
     mask_weight: float = 1.0
     transform: Literal["auto", "none", "log1p"] = "auto"
     batch_size: int | None = 512
@@ -185,17 +185,20 @@ class SCVGAETraining:
         )
         if self.batch_size is not None:
             check_positive_int("batch_size", self.batch_size, minimum=2)
-        check_fraction("alpha", self.alpha)
-        check_fraction("mask_rate", self.mask_rate, high=1.0, closed=False)
+        if self.alpha != "auto":
+            check_fraction("alpha", self.alpha)
+        if self.mask_rate != "auto":
+            check_fraction("mask_rate", self.mask_rate, high=1.0, closed=False)
         for k in ("lr", "weight_decay", "kl_weight", "mask_weight"):
-            _check_plain_number(k, getattr(self, k), positive=k == "lr")
+            if getattr(self, k) != "auto":
+                _check_plain_number(k, getattr(self, k), positive=k == "lr")
 
 
 @dataclass(frozen=True)
 class SCVGAEOutput:
     """What the imputed matrix is made of (see :mod:`scvgae_sc.tl._output`)."""
 
-    output: OutputKind = "fill"
+    output: OutputKind = "denoised"
     calibrate: bool = True
     fill_scale: FillScale = "auto"
     fill_gate: float = 0.4
@@ -213,6 +216,15 @@ class SCVGAEOutput:
 def _check_plain_number(name: str, value: Any, *, positive: bool = False) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be a non-negative number{' > 0' if positive else ''}, got {value!r}.")
+
+
+#: What ``"auto"`` training settings of scVGAE become, by output (chosen on the molecular cross-validation and the
+#: masked benchmarks; ``max_epochs`` when ``tl.impute(max_epochs=None)``).
+SCVGAE_AUTO_TRAINING: dict[str, dict[str, float]] = {
+    "denoised": {"alpha": 0.0, "mask_rate": 0.0, "lr": 3e-3, "max_epochs": 50},
+    "fill": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100},
+    "recon": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100},
+}
 
 
 @dataclass(frozen=True)

@@ -21,28 +21,34 @@ from .._common import (
 from .._output import fill as fill_values
 from .._output import finish_dense, layer_values, neighbourhood, prediction
 from ._base import ImputationModel, ImputeResult
-from ._options import SCVGAEOptions
+from ._options import SCVGAE_AUTO_TRAINING, SCVGAEOptions
 from ._plans import SCVGAEPlan, hide_observed
 
 #: Defaults of the method's own options (see :func:`scvgae_options`).
 DEFAULTS: dict[str, Any] = SCVGAEOptions.defaults()
-MAX_EPOCHS = 100
+MAX_EPOCHS = 100  # the published objective's; see SCVGAE_AUTO_TRAINING
 #: Above this many cells ``batching="auto"`` trains on subgraphs: the full-graph encoder run once per batch makes
 #: an epoch cost ``n_cells² / batch_size``.
 SUBGRAPH_MIN_CELLS = 20_000
 
 
 def scvgae_options() -> dict[str, Any]:
-    """The options of ``tl.impute(method="scvgae", ...)`` and their defaults.
+    r"""The options of ``tl.impute(method="scvgae", ...)`` and their defaults.
 
     ``graph`` (``"knn"``)
         Graph built when no ``graph_key`` is given: ``"knn"`` (``n_neighbors`` on ``n_pcs`` PCs, scales
         linearly) or ``"kernel"`` (the paper's linear-kernel graph keeping entries above the
         ``percentile``-th percentile; O(n²)).
-    ``alpha`` (0.05)
+    ``alpha`` (``"auto"``)
         Weight of the reconstruction MSE; ``1 - alpha`` weighs the ZINB negative log-likelihood of the raw
         counts (the paper's text: ``α·L_recon + (1 − α)·L_ZINB``; both mean-reduced, so α means what it says).
-    ``lr`` (1e-3), ``weight_decay`` (0)
+        ``"auto"``, like ``lr``, ``mask_rate`` and ``tl.impute(max_epochs=None)``, takes the setting chosen for the
+        ``output``: with ``"denoised"`` only the count model is trained (``alpha=0``, ``mask_rate=0``,
+        ``lr=3e-3``, 50 epochs: its estimate stops improving on held-out molecules after about 50 epochs); with
+        ``"fill"`` or ``"recon"`` the published objective (``alpha=0.05``, ``mask_rate=0.1``, ``lr=1e-3``,
+        100 epochs). The values used are in ``uns[key]["params"]`` (``alpha_used``, ``lr_used``,
+        ``mask_rate_used``, ``max_epochs_used``).
+    ``lr`` (``"auto"``), ``weight_decay`` (0)
         Adam settings.
     ``hidden`` (128), ``decoder_hidden`` (256)
         Width of the GCN encoder output and of the decoder's hidden layer.
@@ -63,17 +69,22 @@ def scvgae_options() -> dict[str, Any]:
     ``calibrate`` (True)
         Map the reconstruction back to the input layer's scale with a per-gene least-squares line fitted on
         the input (``output="recon"`` only), so that the output has the scale of the input layer.
-    ``mask_rate`` (0.1), ``mask_weight`` (1)
+    ``mask_rate`` (``"auto"``), ``mask_weight`` (1)
         Self-supervised masking: each epoch this fraction of the observed non-zeros is hidden from the
         input, and the model is also trained (weight ``mask_weight``) to recover them. Without it, the
         add-back makes the model copy its input and zeros stay zero. ``0`` turns it off.
-    ``output`` (``"fill"``)
+    ``output`` (``"denoised"``)
         ``"fill"``: observed non-zeros are kept and zeros replaced by the decoder's prediction (see ``fill_gate``
         and ``fill_scale``); ``"recon"``: the whole reconstruction, the paper's output, calibrated to the
         input's scale (see ``calibrate``). For a Leiden pipeline on a sqrt or log layer, ``output="recon",
         calibrate=False`` had a higher Leiden ARI than the fill on all four benchmark datasets (pbmc3k Leiden ARI / AMI
         0.705 / 0.795 against 0.672 / 0.787, 3 seeds) and worse on the paper protocol (0.663 / 0.749 against
-        0.686 / 0.781); see the Benchmarks page of the documentation.
+        0.686 / 0.781); see the Benchmarks page of the documentation. ``"denoised"``: every entry is the count
+        model's estimate of the cell's expression, ``(1 − π) · M`` at the median library, written as the average
+        value the input layer's normalization gives a Poisson count of that mean (on a ``log1p`` layer
+        :math:`E[\log(1 + Y)]`; see :func:`~scvgae_sc.tl.score_denoising` for the molecular cross-validation that
+        scores it). The input layer must come from :func:`~scvgae_sc.pp.normalize`; the decoder, ``calibrate`` and
+        the fill options are not used.
     ``fill_gate`` (0.4)
         With ``output="fill"``: how a zero's fill value depends on its neighbourhood. Where the gene is detected
         in at least this fraction of the cell's graph neighbourhood (itself included), the zero gets the full
@@ -349,7 +360,12 @@ class _SCVGAERun:
     def __init__(self, options: SCVGAEOptions, shape, max_epochs, normalization, random_state) -> None:
         self.options = o = options
         self.n_cells, self.n_genes = shape
-        self.n_epochs = MAX_EPOCHS if max_epochs is None else int(max_epochs)
+        auto = SCVGAE_AUTO_TRAINING[o.output.output]
+        self.alpha, self.lr, mask_rate = (
+            float(auto[k] if getattr(o.training, k) == "auto" else getattr(o.training, k))
+            for k in ("alpha", "lr", "mask_rate")
+        )
+        self.n_epochs = int(auto["max_epochs"]) if max_epochs is None else int(max_epochs)
         self.random_state = random_state
         transform = o.training.transform
         if transform == "auto":
@@ -357,7 +373,7 @@ class _SCVGAERun:
         self.transform = transform
         # tl.impute decides "auto" with the memory budget; a direct call decides by size
         self.batching = SCVGAEModel.resolve_batching(o.training.batching, *shape, "cpu", None)
-        self.mask_rate, self.mask_weight = float(o.training.mask_rate), float(o.training.mask_weight)
+        self.mask_rate, self.mask_weight = mask_rate, float(o.training.mask_weight)
         n = self.n_cells
         self.batch_size = n if not o.training.batch_size else min(int(o.training.batch_size), n)
         self.gate = float(o.output.fill_gate) if o.output.output == "fill" else 0.0
@@ -417,7 +433,7 @@ class _SCVGAERun:
 
         return Trainer(
             model,
-            lr=float(self.options.training.lr),
+            lr=self.lr,
             weight_decay=float(self.options.training.weight_decay),
             max_epochs=self.n_epochs,
             device=dev,
@@ -430,7 +446,7 @@ class _SCVGAERun:
     def loss_kwargs(self) -> dict[str, float]:
         """The arguments of :meth:`~scvgae_sc.nn.SCVGAE.loss` besides the data."""
         return {
-            "alpha": float(self.options.training.alpha),
+            "alpha": self.alpha,
             "kl_weight": float(self.options.training.kl_weight),
             "hidden_weight": self.mask_weight,
         }
@@ -463,6 +479,7 @@ class _SCVGAERun:
         """The flat parameters written to ``uns[key]["params"]``."""
         params = {k: v for k, v in self.options.as_dict().items() if k not in ("progress_bar",)}
         params.update(transform_used=self.transform, max_epochs_used=self.n_epochs, fill_scale_used=float(scale))
+        params.update(alpha_used=self.alpha, lr_used=self.lr, mask_rate_used=self.mask_rate)
         params["graph_weight_used"] = float(graph_weight)
         params["batching_used"] = self.batching
         params["precision_used"] = precision
