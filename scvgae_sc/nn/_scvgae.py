@@ -181,6 +181,9 @@ class SCVGAE(nn.Module):
         self.cached = bool(cached)
         self._cached_graph: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cached_adj: torch.Tensor | None = None
+        #: In training, run the decoder and the add-back (``False`` when the loss does not use ``"recon"``: an
+        #: objective of the count model alone, as ``alpha=0`` without masking). Evaluation always runs them.
+        self.train_decoder = True
 
         # Encoder. Normalization is done once in forward (gcn_norm), hence normalize=False here.
         self.gcn = GCNConv(self.n_genes, self.hidden, normalize=False, add_self_loops=False)
@@ -419,6 +422,8 @@ class SCVGAE(nn.Module):
         """
         raw = self.zinb_heads(h).float()
         out = _HeadOutputs(heads=raw, log_clamp=self.log_clamp, pi_logits=raw[:, self.n_genes : 2 * self.n_genes])
+        if self.training and not self.train_decoder:
+            return out
         recon = self.decoder(out["mean"] if self.decoder_input == "mean" else z).float()
         if self.add_back:
             recon = self._add_back(recon, x, cell_index)
@@ -502,7 +507,7 @@ def scvgae_loss(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     components: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), device=out["recon"].device)
+    total = torch.zeros((), device=out["heads"].device if "heads" in out else out["recon"].device)
     use_hidden = hidden is not None and hidden_weight > 0
     if recon_mask is None and (alpha > 0 or use_hidden):
         weighted, mean_all, mean_hidden = squared_errors(
@@ -544,6 +549,6 @@ def scvgae_loss(
                 components["zinb"] = _masked_zinb(*args)
             total = total + (1 - alpha) * components["zinb"]
     if "kl" in out and kl_weight > 0:
-        components["kl"] = masked_mean(out["kl"].float(), kl_mask) / out["recon"].shape[1]
+        components["kl"] = masked_mean(out["kl"].float(), kl_mask) / x.shape[1]
         total = total + kl_weight * components["kl"]
     return {"loss": total, **components}

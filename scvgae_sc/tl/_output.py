@@ -12,10 +12,9 @@ chunks of cells, blocks of genes), so that a new output kind is added in this mo
 ``"recon"``
     The whole reconstruction, mapped to the input layer's scale (scVGAE: optionally calibrated per gene).
 ``"denoised"``
-    Every entry is the model's estimate of the cell's expression: the count model's expected count (scVGAE:
-    ``(1 − π) · M``; GNNImpute: its decoder output, taken to linear expression) at the median library, turned
-    into the average value that the input layer's normalization gives a count drawn from it
-    (:func:`finish_denoised`). Scored by :func:`~scvgae_sc.tl.score_denoising`.
+    Every entry is the model's estimate of the cell's expression: the expected ``log1p``-normalized value of a new
+    sample of its molecules, on the input layer's scale (:func:`finish_denoised`), from scVGAE's count model
+    ``(1 − π) · M`` or GNNImpute's decoder. Scored by :func:`~scvgae_sc.tl.score_denoising`.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ OutputKind = Literal["fill", "recon", "denoised"]
 OUTPUT_KINDS: dict[str, str] = {
     "fill": "observed values kept, zeros replaced by the prediction",
     "recon": "the reconstruction everywhere, on the input layer's scale",
-    "denoised": "every entry the model's expected expression, as the input layer's normalization shows it",
+    "denoised": "every entry the model's expected log1p-normalized expression, on the input layer's scale",
 }
 #: Layers ``output="denoised"`` can be written to: how ``pp.normalize`` made them.
 DENOISED_LAYERS = ("sqrt", "log1p", "total")
@@ -292,13 +291,14 @@ def _median_positive(values: np.ndarray) -> float:
 def finish_denoised(imputed: np.ndarray, scale: dict, *, chunk: int = 1024) -> None:
     r"""In place, ``chunk`` rows at a time: ``output="denoised"`` on the input layer's scale.
 
-    ``imputed`` holds the model's prediction (see :func:`denoise_scale`). With :math:`\mu` the expected count at
-    the median library it becomes :math:`E[\log(1 + Y)]`, :math:`Y \sim \mathrm{Poisson}(\mu)`, on a ``log1p``
-    layer and its ``expm1`` on a ``total`` layer; on a ``sqrt`` layer the count is drawn at the cell's own library
-    and :math:`E[\log(1 + Y)]` is scaled as the layer scaled that cell's :math:`\log(1 + C)` row. These are the
-    averages of what the layer would hold for a new sample of the cell's molecules, which is what
-    :func:`~scvgae_sc.tl.score_denoising` scores: the log of the expected count would overstate every entry of
-    few molecules.
+    The output is the expected ``log1p``-normalized expression of a new sample of the cell's molecules, written on
+    the input layer's scale. From an expected count :math:`\mu` at the median library (scVGAE's count model, or a
+    least-squares fit of a ``total`` layer) it is :math:`E[\log(1 + Y)]`, :math:`Y \sim \mathrm{Poisson}(\mu)`, on
+    a ``log1p`` layer and its ``expm1`` on a ``total`` layer; on a ``sqrt`` layer the count is drawn at the cell's
+    own library and :math:`E[\log(1 + Y)]` is scaled as the layer scaled that cell's :math:`\log(1 + C)` row. A
+    least-squares fit of a ``log1p`` or ``sqrt`` layer (GNNImpute's decoder) already estimates that expectation
+    and is kept. This is what :func:`~scvgae_sc.tl.score_denoising` scores; :math:`\log(1 + \mu)` would
+    overstate every entry of few molecules.
     """
     kind = scale["kind"]
     depth = np.asarray(scale.get("depth", []), dtype=np.float64)
@@ -306,12 +306,9 @@ def finish_denoised(imputed: np.ndarray, scale: dict, *, chunk: int = 1024) -> N
     for start in range(0, imputed.shape[0], chunk):
         rows = slice(start, start + chunk)
         v = np.maximum(imputed[rows].astype(np.float64), 0.0)
-        if scale["source"] == "layer":  # the layer's values → expected count at the median library
-            if kind == "log1p":
-                v = np.expm1(v)
-            elif kind == "sqrt":
-                v = np.expm1(v**2 * log_depth[rows, None]) / np.maximum(depth[rows, None], 1e-12)
-        if kind == "sqrt":
+        if scale["source"] == "layer" and kind != "total":
+            pass  # a least-squares fit of a log or sqrt layer already estimates the layer's expected value
+        elif kind == "sqrt":
             v = np.sqrt(expected_log1p(v * depth[rows, None]) / np.maximum(log_depth[rows, None], 1e-12))
         else:
             v = expected_log1p(v)

@@ -59,13 +59,17 @@ def test_sqrt_layer_round_trips_through_the_scoring_map():
     np.testing.assert_allclose(P, np.expm1(expected_log1p(mu * depth[:, None])) * (t / lib)[:, None], rtol=1e-4)
 
 
-def test_layer_source_is_taken_to_linear_first():
+def test_layer_source():
+    """A fit of a total layer is a mean, mapped like expected counts; a fit of a log1p layer is kept."""
     C = _counts()
-    mu = np.random.default_rng(3).gamma(1.0, 2.0, C.shape)
-    from_counts, from_layer = mu.astype(np.float32), np.log1p(mu).astype(np.float32)
-    finish_denoised(from_counts, denoise_scale(C, "log1p", source="counts"))
-    finish_denoised(from_layer, denoise_scale(C, "log1p", source="layer"))
-    np.testing.assert_allclose(from_layer, from_counts, rtol=1e-5)
+    mu = np.random.default_rng(3).gamma(1.0, 2.0, C.shape).astype(np.float32)
+    from_counts, from_layer = mu.copy(), mu.copy()
+    finish_denoised(from_counts, denoise_scale(C, "total", source="counts"))
+    finish_denoised(from_layer, denoise_scale(C, "total", source="layer"))
+    np.testing.assert_array_equal(from_layer, from_counts)
+    kept = mu.copy()
+    finish_denoised(kept, denoise_scale(C, "log1p", source="layer"))
+    np.testing.assert_array_equal(kept, mu)
 
 
 def test_unknown_layer_refused():

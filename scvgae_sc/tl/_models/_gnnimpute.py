@@ -38,7 +38,7 @@ MIN_CELLS = 10
 
 
 def gnnimpute_options() -> dict[str, Any]:
-    """Return the options of ``tl.impute(method="gnnimpute", ...)`` and their defaults.
+    r"""Return the options of ``tl.impute(method="gnnimpute", ...)`` and their defaults.
 
     What the method does (Xu et al., 2021, with the changes noted):
 
@@ -98,9 +98,11 @@ def gnnimpute_options() -> dict[str, Any]:
     ``output`` (``"fill"``)
         ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
         ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output);
-        ``"denoised"``: the model's output everywhere, taken as the expected expression at the median library and
-        written as the average value the input layer's normalization gives a Poisson count of that mean (see
-        :func:`scvgae_options`; the input layer must come from :func:`~scvgae_sc.pp.normalize`).
+        ``"denoised"``: the model's output everywhere as the expected ``log1p``-normalized value of a new sample
+        of the cell's molecules, on the input layer's scale (on a ``total`` layer the output is a mean and is
+        turned into :math:`E[\log(1 + Y)]`, :math:`Y \sim \mathrm{Poisson}`, then ``expm1``; on a ``log1p`` or
+        ``sqrt`` layer the least-squares output already estimates it). The input layer must come from
+        :func:`~scvgae_sc.pp.normalize`.
     ``fill_gate`` (0), ``fill_scale`` (``"auto"``)
         As for scVGAE (:func:`scvgae_options`): with ``fill_gate > 0`` a zero is filled with the full prediction
         where the gene is detected in at least ``fill_gate`` of the cell's graph neighbourhood, and with the

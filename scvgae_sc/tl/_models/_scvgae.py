@@ -79,12 +79,13 @@ def scvgae_options() -> dict[str, Any]:
         input's scale (see ``calibrate``). For a Leiden pipeline on a sqrt or log layer, ``output="recon",
         calibrate=False`` had a higher Leiden ARI than the fill on all four benchmark datasets (pbmc3k Leiden ARI / AMI
         0.705 / 0.795 against 0.672 / 0.787, 3 seeds) and worse on the paper protocol (0.663 / 0.749 against
-        0.686 / 0.781); see the Benchmarks page of the documentation. ``"denoised"``: every entry is the count
-        model's estimate of the cell's expression, ``(1 − π) · M`` at the median library, written as the average
-        value the input layer's normalization gives a Poisson count of that mean (on a ``log1p`` layer
-        :math:`E[\log(1 + Y)]`; see :func:`~scvgae_sc.tl.score_denoising` for the molecular cross-validation that
-        scores it). The input layer must come from :func:`~scvgae_sc.pp.normalize`; the decoder, ``calibrate`` and
-        the fill options are not used.
+        0.686 / 0.781); see the Benchmarks page of the documentation. ``"denoised"`` (the default): every entry is the
+        count model's estimate of the cell's expression — the expected ``log1p``-normalized value of a Poisson
+        count with mean ``(1 − π) · M`` at the median library, :math:`E[\log(1 + Y)]`, written on the input
+        layer's scale. It is the output to use for gene-level analyses on log values; it scores best under
+        molecular cross-validation (:func:`~scvgae_sc.tl.score_denoising`, see the Benchmarks page of the
+        documentation). The input layer must come from :func:`~scvgae_sc.pp.normalize`; the decoder, ``calibrate``
+        and the fill options are not used. ``"fill"`` is the output of the masked-recovery protocol.
     ``fill_gate`` (0.4)
         With ``output="fill"``: how a zero's fill value depends on its neighbourhood. Where the gene is detected
         in at least this fraction of the cell's graph neighbourhood (itself included), the zero gets the full
@@ -320,6 +321,7 @@ class SCVGAEModel(ImputationModel):
         if random_state is not None:
             torch.manual_seed(int(random_state))
         model = cls.build_module(run.module_kwargs)
+        model.train_decoder = run.alpha > 0 or run.mask_rate > 0  # else no loss term reads the decoder
         trainer = run.trainer(model, dev)
         logg_start = logg.info(
             f"    training scVGAE on {run.n_cells} cells × {run.n_genes} genes, {A.nnz} edges, {dev}, "
