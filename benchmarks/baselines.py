@@ -1,4 +1,4 @@
-"""Model-free rivals of the imputation methods, used by ``benchmarks/bench.py``.
+r"""Model-free rivals of the imputation methods, used by ``benchmarks/bench.py``.
 
 Never a dependency of the package. Everything here is sparse-friendly: the cell graph is a sparse k-NN graph
 (``pp.cell_graph``), never an ``n_cells × n_cells`` dense matrix; the outputs are dense cells × genes.
@@ -17,6 +17,10 @@ Denoising task (DESIGN section 3, molecular cross-validation; ``DENOISING_RIVALS
     graph is ``pp.cell_graph(layer=<log1p of the train half>, n_neighbors=15)``, 50 PCs, as the models build
     theirs), applied 1, 2 or 3 times (a 1-, 2- or 3-step random walk), on the linear ``total`` layer of the train
     half or on its ``log1p`` layer. The output stays on the scale of the layer averaged.
+``knn_explog_1`` … ``knn_explog_3``
+    The linear neighbourhood mean of ``knn_lin_*`` taken through the mapping of ``tl.impute(output="denoised")``:
+    each mean :math:`\mu` becomes ``expm1`` of :math:`E[\log(1 + Y)]`, :math:`Y \sim \mathrm{Poisson}(\mu)` — the
+    networks' denoised output with the network replaced by the graph average (their ablation).
 ``pca_log``
     Low-rank reconstruction of the ``log1p`` layer (PCA: genes centred, randomized SVD), rank chosen on an inner
     split of the train half: the train counts are split again, ``Binomial(train, 0.5)``; one inner half is
@@ -45,6 +49,9 @@ DENOISING_RIVALS = {
     "knn_log_2": ("knn", "log1p", 2),
     "knn_log_3": ("knn", "log1p", 3),
     "pca_log": ("pca", "log1p", None),
+    "knn_explog_1": ("knn_explog", "total", 1),
+    "knn_explog_2": ("knn_explog", "total", 2),
+    "knn_explog_3": ("knn_explog", "total", 3),
 }
 #: Entries per dense block when scoring (bounds the memory of the loss computation).
 _BLOCK_ENTRIES = 1 << 22
@@ -244,9 +251,13 @@ def run_rival(adata, name: str, *, layers: dict, counts_layer: str, seed: int = 
     """Run denoising rival ``name`` on the job's layers (``layers["total"]``, ``layers["log1p"]``: keys of the
     train half's normalizations); writes ``adata.layers[name]`` (registered) and returns details for the record."""
     kind, norm, steps = DENOISING_RIVALS[name]
-    if kind == "knn":
+    if kind in ("knn", "knn_explog"):
         graph_key = "knn15"
         adata.layers[name] = knn_mean(adata, layers[norm], steps=steps, graph_layer=layers["log1p"], key=graph_key)
+        if kind == "knn_explog":  # the mean taken through tl.impute's output="denoised" mapping
+            from scvgae_sc.tl._output import finish_denoised
+
+            finish_denoised(adata.layers[name], {"kind": "total", "source": "counts"})
         register(adata, name, method=name, layer=layers[norm], counts_layer=counts_layer, graph_key=graph_key)
         return {"steps": steps, "input": norm}
     Y, info = pca_denoise(adata, layers["log1p"], counts_layer=counts_layer, seed=seed)

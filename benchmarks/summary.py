@@ -311,7 +311,10 @@ def plot(tab: dict, path: Path) -> None:
 
 #: The model-free rivals of the denoising task (``baselines.DENOISING_RIVALS``): "the best simple rival" of a
 #: dataset is the one of these with the lowest mean MCV loss there.
-SIMPLE_RIVALS = ("knn_lin_1", "knn_lin_2", "knn_lin_3", "knn_log_1", "knn_log_2", "knn_log_3", "pca_log")
+SIMPLE_RIVALS = (
+    "knn_lin_1", "knn_lin_2", "knn_lin_3", "knn_log_1", "knn_log_2", "knn_log_3", "pca_log",
+    "knn_explog_1", "knn_explog_2", "knn_explog_3",
+)
 DENOISING_ORDER = ("none", *SIMPLE_RIVALS, "magic", "alra", "scvi", *OURS)
 #: (key, heading, higher is better, format)
 DENOISING = [

@@ -142,13 +142,13 @@ class SCVGAEArchitecture:
     hidden: int = 128
     decoder_hidden: int = 256
     decoder_input: Literal["latent", "mean"] = "latent"
-    heads: Literal["gcn", "linear"] = "gcn"
+    heads: Literal["auto", "gcn", "linear"] = "auto"
     variational: bool = False
     add_back: bool = True
     add_back_init: float = 1.0
 
     def __post_init__(self) -> None:
-        check_common(self, choices={"decoder_input": ("mean", "latent"), "heads": ("gcn", "linear")})
+        check_common(self, choices={"decoder_input": ("mean", "latent"), "heads": ("auto", "gcn", "linear")})
         for k in ("variational", "add_back"):
             check_bool(k, getattr(self, k))
         for k in ("hidden", "decoder_hidden"):
@@ -220,10 +220,10 @@ def _check_plain_number(name: str, value: Any, *, positive: bool = False) -> Non
 
 #: What ``"auto"`` training settings of scVGAE become, by output (chosen on the molecular cross-validation and the
 #: masked benchmarks; ``max_epochs`` when ``tl.impute(max_epochs=None)``).
-SCVGAE_AUTO_TRAINING: dict[str, dict[str, float]] = {
-    "denoised": {"alpha": 0.0, "mask_rate": 0.0, "lr": 3e-3, "max_epochs": 50},
-    "fill": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100},
-    "recon": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100},
+SCVGAE_AUTO_TRAINING: dict[str, dict[str, Any]] = {
+    "denoised": {"alpha": 0.0, "mask_rate": 0.0, "lr": 3e-3, "max_epochs": 50, "heads": "linear"},
+    "fill": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100, "heads": "gcn"},
+    "recon": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100, "heads": "gcn"},
 }
 
 

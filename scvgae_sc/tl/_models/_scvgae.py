@@ -55,8 +55,10 @@ def scvgae_options() -> dict[str, Any]:
     ``decoder_input`` (``"latent"``)
         Decode the reconstruction from the latent ``Z`` (lean) or from the ZINB mean (``"mean"``, the
         paper's shape; ~10× the decoder cost).
-    ``heads`` (``"gcn"``)
-        ZINB heads as GCN layers (the paper) or ``"linear"`` maps of ``Z``.
+    ``heads`` (``"auto"``)
+        ZINB heads as GCN layers (``"gcn"``, the paper; one more graph step) or ``"linear"`` maps of ``Z``.
+        ``"auto"``: ``"linear"`` for ``output="denoised"`` (its estimate scored better without the extra graph
+        step), ``"gcn"`` otherwise (``heads_used`` in ``uns[key]["params"]``).
     ``variational`` (False), ``kl_weight`` (1)
         Reparameterized latent with a KL term.
     ``zinb_target`` (``"counts"``)
@@ -390,7 +392,7 @@ class _SCVGAERun:
             "hidden": o.architecture.hidden,
             "variational": o.architecture.variational,
             "decoder_input": o.architecture.decoder_input,
-            "heads": o.architecture.heads,
+            "heads": auto["heads"] if o.architecture.heads == "auto" else o.architecture.heads,
             "add_back": o.architecture.add_back,
             "add_back_init": float(o.architecture.add_back_init),
             "decoder_hidden": o.architecture.decoder_hidden,
@@ -482,6 +484,7 @@ class _SCVGAERun:
         params = {k: v for k, v in self.options.as_dict().items() if k not in ("progress_bar",)}
         params.update(transform_used=self.transform, max_epochs_used=self.n_epochs, fill_scale_used=float(scale))
         params.update(alpha_used=self.alpha, lr_used=self.lr, mask_rate_used=self.mask_rate)
+        params["heads_used"] = self.module_kwargs["heads"]
         params["graph_weight_used"] = float(graph_weight)
         params["batching_used"] = self.batching
         params["precision_used"] = precision
