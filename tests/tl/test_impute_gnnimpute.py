@@ -14,7 +14,7 @@ gnn_module = importlib.import_module("scvgae_sc.tl._models._gnnimpute")
 
 EPOCHS = 4
 #: A narrow network for tests that train for a while (the published widths are tested in the contract test).
-SMALL = {"hidden": 64, "latent": 16, "progress_bar": False}
+SMALL = {"hidden": 64, "latent": 16, "progress_bar": False, "output": "fill"}  # the fill's tests; see below
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def _dense(X) -> np.ndarray:
 
 def test_contract_keys_graph_history_and_h5ad(prepared, tmp_path):
     X_before = prepared.X.copy()
-    sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=EPOCHS, progress_bar=False)
+    sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=EPOCHS, progress_bar=False, output="fill")
     out = prepared.layers["gnnimpute"]
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == prepared.shape
     assert np.isfinite(out).all() and out.min() >= 0
@@ -83,8 +83,7 @@ def test_short_run_recovers_masked_values_on_the_input_scale(prepared):
         counts_layer="masked_counts",
         max_epochs=150,
         lr=0.01,  # the published 1e-3 needs hundreds of epochs
-        output="recon",
-        **SMALL,
+        **{**SMALL, "output": "recon"},
     )
     raw = sv.tl.score_imputation(prepared, "masked", truth_layer="total")
     imp = sv.tl.score_imputation(prepared, "gnnimpute", truth_layer="total")
@@ -143,7 +142,7 @@ def test_graph_key_key_added_and_options(prepared):
     sv.pp.cell_graph(prepared, layer="total", n_neighbors=8, key_added="g")
     opts = {"precision": "bf16", "mask_rate": 0.0, "output": "recon", "split": (0.5, 0.3, 0.2), "heads": 2}
     sv.tl.impute(
-        prepared, method="gnnimpute", layer="total", graph_key="g", key_added="imp", max_epochs=2, **SMALL, **opts
+        prepared, method="gnnimpute", layer="total", graph_key="g", key_added="imp", max_epochs=2, **{**SMALL, **opts}
     )
     assert "imp" in prepared.layers and "X_imp" in prepared.obsm and "imp" in prepared.uns
     out = prepared.layers["imp"]
@@ -377,3 +376,12 @@ def test_fill_by_gene_blocks_matches(prepared, monkeypatch):
     for k in ("fill_scale_used", "graph_weight_used"):
         assert blocks.uns["gnnimpute"]["params"][k] == pytest.approx(whole.uns["gnnimpute"]["params"][k], rel=1e-5)
     np.testing.assert_allclose(blocks.layers["gnnimpute"], whole.layers["gnnimpute"], rtol=1e-5, atol=1e-5)
+
+
+def test_default_output_is_denoised(prepared):
+    """The default writes every entry (zeros included), on the linear layer's scale, non-negative."""
+    small = {k: v for k, v in SMALL.items() if k != "output"}
+    sv.tl.impute(prepared, method="gnnimpute", layer="total", max_epochs=3, **small)
+    assert prepared.uns["gnnimpute"]["params"]["output"] == "denoised"
+    out, inp = prepared.layers["gnnimpute"], prepared.layers["total"].toarray()
+    assert (out >= 0).all() and (out[inp == 0] > 0).mean() > 0.99

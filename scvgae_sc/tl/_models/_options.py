@@ -314,7 +314,7 @@ class GNNImputeTraining:
 class GNNImputeOutput:
     """What the imputed matrix is made of (see :mod:`scvgae_sc.tl._output`)."""
 
-    output: OutputKind = "fill"
+    output: OutputKind = "denoised"
     fill_gate: float = 0.0
     fill_scale: FillScale = "auto"
     fill_hops: int = 3
