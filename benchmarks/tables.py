@@ -4,6 +4,7 @@ The README's headline table and the tables of the documentation's Benchmarks pag
 that every figure they show is read from the canonical results::
 
     python benchmarks/tables.py                 # the README's headline table
+    python benchmarks/tables.py --denoising     # the README's denoising table (molecular cross-validation)
     python benchmarks/tables.py --all           # the Benchmarks page's tables (one per task and metric)
 
 The documentation build calls :func:`page_tables` itself; the README's table is pasted from the first command,
@@ -19,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SUMMARY = HERE / "results" / "summary.json"
+DENOISE_SUMMARY = HERE / "results" / "denoise_summary.json"
 DATASETS = ("pbmc3k", "pbmc68k", "bladder", "baron_mouse")
 NAMES = {
     "none": "no imputation",
@@ -42,6 +44,42 @@ PAGE_METRICS = (
     ("masked", "mse", "Masked recovery: mean squared error at the hidden entries", False),
     ("masked", "seconds", "Masked recovery: seconds per run (one CPU thread)", False),
 )
+
+
+#: Rows of the denoising table: (row label in denoise_summary.json, name shown).
+DENOISING_ROWS = (
+    ("none", "no imputation"),
+    ("knn_log_2", "k-NN mean of log values, 2 steps"),
+    ("knn_explog_2", "k-NN mean, 2 steps, expected-log output"),
+    ("pca_log", "PCA of log values (rank on an inner split)"),
+    ("magic", "MAGIC"),
+    ("scvi", "scVI"),
+    ("alra", "ALRA"),
+    ("scvgae", "**scVGAE**"),
+    ("gnnimpute", "**GNNImpute**"),
+)
+
+
+def load_denoising(path: Path = DENOISE_SUMMARY, fraction: str = "0.5") -> dict:
+    """``{dataset: {row label: {metric: {mean, sd, n}}}}`` of ``denoise_summary.json`` at one split fraction."""
+    table = json.loads(Path(path).read_text())["table"].get(fraction, {})
+    return {ds: d["rows"] for ds, d in table.items()}
+
+
+def denoising_table(tab: dict, metric: str = "mcv") -> str:
+    """MCV loss (lower is better) of the rows of :data:`DENOISING_ROWS` per dataset; bold: the best per column."""
+    datasets = [d for d in DATASETS if d in tab]
+
+    def value(d: str, row: str) -> float | None:
+        cell = tab[d].get(row, {}).get(metric)
+        return None if not cell or cell["mean"] is None else float(cell["mean"])
+
+    best = {d: _best([value(d, r) for r, _ in DENOISING_ROWS], False) for d in datasets}
+    lines = ["| method | " + " | ".join(datasets) + " |", "| --- |" + " --- |" * len(datasets)]
+    for row, name in DENOISING_ROWS:
+        if any(value(d, row) is not None for d in datasets):
+            lines.append(f"| {name} | " + " | ".join(_fmt(value(d, row), best[d], 4) for d in datasets) + " |")
+    return "\n".join(lines)
 
 
 def load(path: Path = SUMMARY) -> dict:
@@ -107,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:  # noqa: D103
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--all", action="store_true", help="the Benchmarks page's tables instead of the headline table")
     p.add_argument("--summary", type=Path, default=SUMMARY, help="a summary.json (default: results/summary.json)")
+    p.add_argument("--denoising", action="store_true", help="the denoising (MCV) table of results/denoise_summary.json")
     a = p.parse_args(argv)
+    if a.denoising:
+        print(denoising_table(load_denoising()))
+        return
     tab = load(a.summary)
     print(page_tables(tab) if a.all else headline(tab))
 

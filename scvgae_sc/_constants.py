@@ -14,6 +14,9 @@ CELL_GRAPH = "cell_graph"
 MASKED = "masked"
 #: Default label column.
 CELL_TYPE = "cell_type"
+#: The ``pp.normalize`` method each imputation method's default layer is made with when ``tl.impute`` finds raw
+#: counts in ``X`` and no default layer (scVGAE: the paper's sqrt layer; GNNImpute: the linear layer it models).
+DEFAULT_NORMALIZATION = {"scvgae": "sqrt", "gnnimpute": "total"}
 
 
 def connectivities_key(key: str) -> str:

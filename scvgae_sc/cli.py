@@ -131,6 +131,24 @@ class _Refused(Exception):
     """A run refused before or after imputing: exit code 1 with this message."""
 
 
+def _normalize_raw(adata, args, layer: str) -> bool:
+    """Raw counts in X and no default layer: normalize them as ``tl.impute`` does, saying so on stderr."""
+    from .tl._impute import normalize_raw_counts
+
+    try:
+        made = normalize_raw_counts(adata, args.method, layer, args.counts_layer)
+    except ValueError as err:
+        raise _Refused(str(err)) from None
+    if made and not args.quiet:
+        norm = adata.uns["scvgae_sc"]["normalize"][layer]["method"]
+        print(
+            f"no layer {layer!r}: normalizing the raw counts in X ({norm!r}, the {args.method} default) into "
+            f"layers[{layer!r}]; counts kept in layers[{args.counts_layer!r}]",
+            file=sys.stderr,
+        )
+    return made is not None
+
+
 _NORMALIZE_HINT = {
     "scvgae": "--normalize sqrt (the scVGAE paper's layer)",
     "gnnimpute": "--normalize total (the linear layer GNNImpute models)",
@@ -242,7 +260,7 @@ def _impute(args: argparse.Namespace, src: Path, out: Path, options: dict[str, A
         if not args.quiet:
             print(f"normalizing ({args.normalize!r}) into layers[{layer!r}]", file=sys.stderr)
         sv.pp.normalize(adata, method=args.normalize, counts_layer=args.counts_layer, key_added=layer)
-    elif layer is not None and layer not in adata.layers:
+    elif layer is not None and layer not in adata.layers and not _normalize_raw(adata, args, layer):
         have = ", ".join(repr(k) for k in adata.layers) or "none"
         raise _Refused(
             f"{str(src)!r} has no layer {layer!r} (layers: {have}). Run `scvgae_sc.pp.normalize(adata)` in Python and "

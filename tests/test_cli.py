@@ -122,10 +122,10 @@ def test_inplace_through_a_symlink_keeps_the_link(work):
 
 def test_normalize_options_and_saved_model(work, capsys):
     src, out, model_dir = work / "raw.h5ad", work / "out.h5ad", work / "model"
-    # no normalized layer: a clear message naming both ways out, no traceback
-    assert run(src, "-o", out, "--method", "gnnimpute", "-q") == 1
+    # a layer named explicitly and missing: a clear message naming the ways out, no traceback
+    assert run(src, "-o", out, "--method", "gnnimpute", "-q", "--layer", "mine") == 1
     err = capsys.readouterr().err
-    assert "no layer 'normalized'" in err and "scvgae_sc.pp.normalize" in err and "--normalize total" in err
+    assert "no layer 'mine'" in err and "scvgae_sc.pp.normalize" in err and "--normalize total" in err
     assert "Traceback" not in err and not out.exists()
 
     args = [src, "-o", out, "--method", "gnnimpute", "--max-epochs", EPOCHS, "-q", "--normalize", "total"]
@@ -231,3 +231,24 @@ def test_exit_codes_of_the_real_process(work):
     usage = subprocess.run([*cmd, str(work / "norm.h5ad")], capture_output=True, text=True)
     assert usage.returncode == 2 and "required" in usage.stderr
     assert usage.stdout == ""
+
+
+def test_raw_counts_just_work(work, capsys):
+    """Counts in X and no layer: the method's default normalization is made, said on stderr and recorded."""
+    src, out = work / "raw.h5ad", work / "out.h5ad"
+    assert run(src, "-o", out, "--method", "scvgae", "--max-epochs", EPOCHS) == 0
+    err = capsys.readouterr().err
+    assert "normalizing the raw counts in X ('sqrt', the scvgae default)" in err
+    res = ad.read_h5ad(out)
+    assert {"scvgae", "normalized", "counts"} <= set(res.layers)
+    assert res.uns["scvgae_sc"]["normalize"]["normalized"]["by_impute"]
+
+
+def test_raw_count_refusal_when_X_is_not_counts(work, capsys):
+    src, out = work / "raw.h5ad", work / "out.h5ad"
+    adata = ad.read_h5ad(src)
+    adata.X = adata.X.astype(np.float32) * 0.5
+    adata.write_h5ad(src)
+    assert run(src, "-o", out, "--method", "scvgae", "-q") == 1
+    err = capsys.readouterr().err
+    assert "does not hold raw counts" in err and "Traceback" not in err and not out.exists()

@@ -13,11 +13,54 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .. import _utils
-from .._constants import COUNTS, NORMALIZED, connectivities_key, latent_key
+from .._constants import COUNTS, DEFAULT_NORMALIZATION, NORMALIZED, UNS_KEY, connectivities_key, latent_key
 from .._utils import check_adata, check_counts, check_nonnegative, get_layer, params_for_uns
 from .._version import __version__
 from ._models import ImputationModel, ImputeResult
 from ._output import denoise_scale, finish_denoised
+
+
+def normalize_raw_counts(adata: AnnData, method: str, layer: str | None, counts_layer: str) -> dict | None:
+    """Make the default input layer from raw counts in ``X`` when it is missing; what was written, or ``None``.
+
+    Acts only when ``layer`` is the default ``"normalized"``, that layer is missing and ``counts_layer`` is too:
+    ``X`` must then hold raw counts (refused with a ``ValueError`` otherwise), which ``pp.normalize`` copies into
+    ``counts_layer`` and normalizes with :data:`~scvgae_sc._constants.DEFAULT_NORMALIZATION` of ``method`` into
+    ``layer``. Recorded as ``uns["scvgae_sc"]["normalize"][layer]["by_impute"] = True``.
+    """
+    if layer != NORMALIZED or layer in adata.layers or counts_layer in adata.layers:
+        return None
+    import copy
+
+    from ..pp import normalize
+
+    norm = DEFAULT_NORMALIZATION[method]
+    try:
+        check_counts(adata.X, "adata.X")
+    except ValueError as err:
+        raise ValueError(
+            f"adata has no layer {layer!r} and no counts layer {counts_layer!r}, and adata.X does not hold raw counts "
+            f"to make them from ({err}). Put the raw counts in adata.X or adata.layers[{counts_layer!r}] and run "
+            "scvgae_sc.pp.normalize, or name a normalized layer with layer=."
+        ) from None
+    logg.warning(
+        f"no layer {layer!r}: normalizing the raw counts in X with pp.normalize(method={norm!r}) into "
+        f"layers[{layer!r}] (counts kept in layers[{counts_layer!r}])"
+    )
+    before = copy.deepcopy(adata.uns.get(UNS_KEY))
+    normalize(adata, method=norm, counts_layer=counts_layer, key_added=layer)
+    adata.uns[UNS_KEY]["normalize"][layer]["by_impute"] = True
+    return {"layers": (layer, counts_layer), "uns": before}
+
+
+def _undo_normalization(adata: AnnData, made: dict) -> None:
+    """Remove what :func:`normalize_raw_counts` wrote (an error must leave ``adata`` as it was)."""
+    for k in made["layers"]:
+        del adata.layers[k]
+    if made["uns"] is None:
+        del adata.uns[UNS_KEY]
+    else:
+        adata.uns[UNS_KEY] = made["uns"]
 
 
 def layer_normalization(adata: AnnData, layer: str | None) -> str | None:
@@ -115,7 +158,9 @@ def impute(
     ----------
     adata
         Annotated data matrix with a normalized ``layer`` and raw counts in ``counts_layer``
-        (:func:`scvgae_sc.pp.normalize` writes both).
+        (:func:`scvgae_sc.pp.normalize` writes both). With neither, and raw counts in ``X``, the default layer is
+        made first: ``pp.normalize(method="sqrt")`` for scVGAE, ``"total"`` for GNNImpute (a warning says so;
+        ``uns["scvgae_sc"]["normalize"]["normalized"]["by_impute"]`` records it).
     method
         ``"scvgae"`` or ``"gnnimpute"``.
     layer
@@ -206,13 +251,23 @@ def impute(
     if max_epochs is not None and (not isinstance(max_epochs, int | np.integer) or max_epochs < 1):
         raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}.")
     options = model_cls.options_class.from_kwargs(**method_kwargs)
-    inputs = _read_inputs(adata, layer, counts_layer, graph_key, batch_key)
-    if not isinstance(return_model, bool | np.bool_):
-        raise TypeError(f"return_model must be True or False, got {return_model!r}.")
-    run = _prepare_run(model_cls, adata, options, device, random_state, filename, max_memory)
-    start = logg.info(f"imputing with {method!r}")
-    t0 = time.perf_counter()
-    result = _train(model_cls, run, inputs, layer_normalization(adata, layer), max_epochs)
+    if copy and layer == NORMALIZED and layer not in adata.layers:  # the normalization goes to the copy only
+        adata, copy, return_copy = adata.copy(), False, True
+    else:
+        return_copy = False
+    made = normalize_raw_counts(adata, method, layer, counts_layer)
+    try:
+        inputs = _read_inputs(adata, layer, counts_layer, graph_key, batch_key)
+        if not isinstance(return_model, bool | np.bool_):
+            raise TypeError(f"return_model must be True or False, got {return_model!r}.")
+        run = _prepare_run(model_cls, adata, options, device, random_state, filename, max_memory)
+        start = logg.info(f"imputing with {method!r}")
+        t0 = time.perf_counter()
+        result = _train(model_cls, run, inputs, layer_normalization(adata, layer), max_epochs)
+    except BaseException:
+        if made:
+            _undo_normalization(adata, made)
+        raise
     runtime = time.perf_counter() - t0
     if copy:
         adata = adata.copy()
@@ -223,6 +278,7 @@ def impute(
         deep=f"added {key!r} (adata.layers), {latent_key(key)!r} (adata.obsm), "
         f"{connectivities_key(key)!r} (adata.obsp), {key!r} (adata.uns)",
     )
+    copy = copy or return_copy
     if not return_model:
         return adata if copy else None
     model = model_cls._from_result(adata, result, layer=layer, params=params)

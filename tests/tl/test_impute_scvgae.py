@@ -234,3 +234,33 @@ def test_default_output_is_denoised_with_its_training(prepared):
     sv.tl.impute(prepared, method="scvgae", progress_bar=False, output="fill", max_epochs=2, key_added="fill")
     p = prepared.uns["fill"]["params"]
     assert (p["alpha_used"], p["mask_rate_used"], p["lr_used"], p["max_epochs_used"]) == (0.05, 0.1, 1e-3, 2)
+
+
+def test_raw_counts_in_X_are_normalized_into_the_default_layer(pbmc68k, caplog):
+    """No layers at all and counts in X: the default layer is made (and said), then imputed."""
+    X_before = pbmc68k.X.copy()
+    out = sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False, copy=True)
+    assert "normalized" not in pbmc68k.layers and "counts" not in pbmc68k.layers  # copy=True: input untouched
+    assert {"normalized", "counts", "scvgae"} <= set(out.layers)
+    assert out.uns["scvgae_sc"]["normalize"]["normalized"]["method"] == "sqrt"
+    assert out.uns["scvgae_sc"]["normalize"]["normalized"]["by_impute"] is True
+    assert (out.X != X_before).nnz == 0
+    sv.tl.impute(pbmc68k, method="gnnimpute", max_epochs=2, progress_bar=False)
+    assert pbmc68k.uns["scvgae_sc"]["normalize"]["normalized"]["method"] == "total"
+
+
+def test_raw_counts_refusals(pbmc68k, snapshot):
+    pbmc68k.X = pbmc68k.X.astype(np.float32) * 0.5  # not counts
+    snap = snapshot(pbmc68k)
+    with pytest.raises(ValueError, match="does not hold raw counts"):
+        sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False)
+    snap.assert_unchanged(pbmc68k)
+    with pytest.raises(ValueError, match="no layer .mine."):  # a layer named explicitly is never made
+        sv.tl.impute(pbmc68k, method="scvgae", layer="mine", max_epochs=2, progress_bar=False)
+
+
+def test_an_error_after_normalizing_leaves_adata_as_it_was(pbmc68k, snapshot):
+    snap = snapshot(pbmc68k)
+    with pytest.raises(ValueError):
+        sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False, graph_key="missing")
+    snap.assert_unchanged(pbmc68k)
