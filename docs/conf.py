@@ -181,6 +181,11 @@ def _write_benchmark_tables() -> None:
     else:
         text = "No summary yet: `python benchmarks/summary.py` writes `benchmarks/results/summary.json`.\n"
     _write_if_changed(generated / "benchmark_tables.md", text)
+    if tables.DENOISE_SUMMARY.is_file():
+        text = tables.denoising_table(tables.load_denoising()) + "\n"
+    else:
+        text = "No denoising summary yet: `python benchmarks/summary.py --denoising ...` writes it.\n"
+    _write_if_changed(generated / "denoising_table.md", text)
     # pages of an earlier layout (one per results file) must not linger in a source tree that was built before
     stale = HERE / "benchmark_results"
     if stale.is_dir():

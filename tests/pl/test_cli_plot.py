@@ -22,3 +22,17 @@ def test_demo_plot_options(monkeypatch):
     assert seen["plot"] is False and seen["figdir"] == "out" and seen["max_epochs"] == 1
     assert cli.main(["demo"]) == 0
     assert seen["plot"] is True and seen["figdir"] is None
+
+
+def test_demo_teaches_without_warnings(capsys):
+    """The demo runs end to end, shows a marker, the clustering table and the denoising score, warning-free."""
+    import warnings
+
+    from scvgae_sc import cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert cli.demo(max_epochs=2, plot=False) == 0
+    out = capsys.readouterr().out
+    assert "one marker gene" in out and "clustering agreement" in out
+    assert "un-imputed" in out and "mcv" in out and "Lower mcv is better" in out
