@@ -61,3 +61,14 @@ def test_readme_headline_table_matches_results():
     assert expected in (ROOT / "README.md").read_text(encoding="utf-8"), (
         "README's headline table differs from `python benchmarks/tables.py`; paste its output into README.md"
     )
+
+
+def test_readme_denoising_table_matches_results():
+    """README's denoising figures are the output of ``benchmarks/tables.py --denoising``."""
+    spec = importlib.util.spec_from_file_location("_bench_tables_d", ROOT / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    expected = tables.denoising_table(tables.load_denoising())
+    assert expected in (ROOT / "README.md").read_text(encoding="utf-8"), (
+        "README's denoising table differs from `python benchmarks/tables.py --denoising`; paste it into README.md"
+    )
