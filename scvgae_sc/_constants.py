@@ -14,8 +14,9 @@ CELL_GRAPH = "cell_graph"
 MASKED = "masked"
 #: Default label column.
 CELL_TYPE = "cell_type"
-#: The ``pp.normalize`` method each imputation method's default layer is made with when ``tl.impute`` finds raw
-#: counts in ``X`` and no default layer (scVGAE: the paper's sqrt layer; GNNImpute: the linear layer it models).
+#: The ``pp.normalize`` method each imputation method's default layer is made with when ``tl.impute`` (and
+#: ``scvgae-sc impute``) finds no default layer, from the counts layer or else the raw counts in ``X`` (scVGAE: the
+#: paper's sqrt layer; GNNImpute: the linear layer it models). The one place these defaults are written.
 DEFAULT_NORMALIZATION = {"scvgae": "sqrt", "gnnimpute": "total"}
 
 

@@ -252,3 +252,26 @@ def test_raw_count_refusal_when_X_is_not_counts(work, capsys):
     assert run(src, "-o", out, "--method", "scvgae", "-q") == 1
     err = capsys.readouterr().err
     assert "does not hold raw counts" in err and "Traceback" not in err and not out.exists()
+
+
+def test_counts_layer_and_log_X_just_work(work, capsys):
+    """Scanpy's layout (counts in layers['counts'], log values in X), no 'normalized': made from the counts layer."""
+    src, out = work / "raw.h5ad", work / "out.h5ad"
+    adata = ad.read_h5ad(src)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = np.log1p(adata.X.astype(np.float32))
+    adata.write_h5ad(src)
+    assert run(src, "-o", out, "--method", "gnnimpute", "--max-epochs", EPOCHS, "-q") == 0
+    err = capsys.readouterr().err  # said even with -q: the data were transformed
+    assert "normalizing the raw counts in layers['counts'] ('total', the gnnimpute default)" in err
+    assert err.count("no layer 'normalized'") == 1
+    res = ad.read_h5ad(out)
+    assert res.uns["scvgae_sc"]["normalize"]["normalized"]["method"] == "total"
+    assert (abs(res.X - adata.X) > 0).nnz == 0  # X as it was
+
+
+def test_explicit_missing_layer_is_never_made(work, capsys):
+    src, out = work / "raw.h5ad", work / "out.h5ad"
+    assert run(src, "-o", out, "--method", "scvgae", "-q", "--layer", "normalised") == 1
+    err = capsys.readouterr().err
+    assert "no layer 'normalised'" in err and "--normalize sqrt (the scvgae default)" in err and not out.exists()

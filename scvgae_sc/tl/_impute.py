@@ -21,36 +21,43 @@ from ._output import denoise_scale, finish_denoised
 
 
 def normalize_raw_counts(adata: AnnData, method: str, layer: str | None, counts_layer: str) -> dict | None:
-    """Make the default input layer from raw counts in ``X`` when it is missing; what was written, or ``None``.
+    """Make the default input layer from the raw counts when it is missing; what was written, or ``None``.
 
-    Acts only when ``layer`` is the default ``"normalized"``, that layer is missing and ``counts_layer`` is too:
-    ``X`` must then hold raw counts (refused with a ``ValueError`` otherwise), which ``pp.normalize`` copies into
-    ``counts_layer`` and normalizes with :data:`~scvgae_sc._constants.DEFAULT_NORMALIZATION` of ``method`` into
-    ``layer``. Recorded as ``uns["scvgae_sc"]["normalize"][layer]["by_impute"] = True``.
+    Acts only when ``layer`` is the default ``"normalized"`` and that layer is missing (a layer named otherwise is
+    never made: a misspelt name must stay an error). The counts are ``adata.layers[counts_layer]`` if it exists,
+    else ``X``, copied into ``counts_layer``; they must be non-negative integers (refused with a ``ValueError``
+    saying what to do otherwise). They are normalized with ``pp.normalize(method=DEFAULT_NORMALIZATION[method])``
+    into ``layer``, with a warning, and ``uns["scvgae_sc"]["normalize"][layer]["by_impute"]`` is set to ``True``.
     """
-    if layer != NORMALIZED or layer in adata.layers or counts_layer in adata.layers:
+    if layer != NORMALIZED or layer in adata.layers:
         return None
     import copy
 
     from ..pp import normalize
 
     norm = DEFAULT_NORMALIZATION[method]
+    has_counts = counts_layer in adata.layers
+    short = f"layers[{counts_layer!r}]" if has_counts else "X"
+    source = f"adata.{short}"
     try:
-        check_counts(adata.X, "adata.X")
+        if not has_counts and adata.X is None:
+            raise ValueError("adata.X is None")
+        check_counts(adata.layers[counts_layer] if has_counts else adata.X, source)
     except ValueError as err:
         raise ValueError(
-            f"adata has no layer {layer!r} and no counts layer {counts_layer!r}, and adata.X does not hold raw counts "
-            f"to make them from ({err}). Put the raw counts in adata.X or adata.layers[{counts_layer!r}] and run "
-            "scvgae_sc.pp.normalize, or name a normalized layer with layer=."
+            f"adata has no layer {layer!r} to impute, and {source} does not hold raw counts to make it from ({err}). "
+            f"Put the raw counts in adata.X or adata.layers[{counts_layer!r}], or name a normalized layer with "
+            "layer= (--layer on the command line)."
         ) from None
+    kept = "" if has_counts else f" (counts kept in layers[{counts_layer!r}])"
     logg.warning(
-        f"no layer {layer!r}: normalizing the raw counts in X with pp.normalize(method={norm!r}) into "
-        f"layers[{layer!r}] (counts kept in layers[{counts_layer!r}])"
+        f"no layer {layer!r}: normalizing the raw counts in {source} with pp.normalize(method={norm!r}), the "
+        f"{method} default, into layers[{layer!r}]{kept}"
     )
     before = copy.deepcopy(adata.uns.get(UNS_KEY))
     normalize(adata, method=norm, counts_layer=counts_layer, key_added=layer)
     adata.uns[UNS_KEY]["normalize"][layer]["by_impute"] = True
-    return {"layers": (layer, counts_layer), "uns": before}
+    return {"layers": (layer,) if has_counts else (layer, counts_layer), "uns": before, "source": short}
 
 
 def _undo_normalization(adata: AnnData, made: dict) -> None:
@@ -158,9 +165,11 @@ def impute(
     ----------
     adata
         Annotated data matrix with a normalized ``layer`` and raw counts in ``counts_layer``
-        (:func:`scvgae_sc.pp.normalize` writes both). With neither, and raw counts in ``X``, the default layer is
-        made first: ``pp.normalize(method="sqrt")`` for scVGAE, ``"total"`` for GNNImpute (a warning says so;
-        ``uns["scvgae_sc"]["normalize"]["normalized"]["by_impute"]`` records it).
+        (:func:`scvgae_sc.pp.normalize` writes both). When ``layer`` is the default ``"normalized"`` and missing,
+        it is made first from the raw counts (``counts_layer`` if present, else ``X``, which must then hold
+        non-negative integers): <DEFAULT_NORMALIZATION> (a warning says so;
+        ``uns["scvgae_sc"]["normalize"]["normalized"]["by_impute"]`` records it). Any other missing layer is an
+        error.
     method
         ``"scvgae"`` or ``"gnnimpute"``.
     layer
@@ -283,6 +292,15 @@ def impute(
         return adata if copy else None
     model = model_cls._from_result(adata, result, layer=layer, params=params)
     return (adata, model) if copy else model
+
+
+def _default_normalization_text() -> str:
+    """How each method's default layer is made, for :func:`impute`'s docstring (from ``DEFAULT_NORMALIZATION``)."""
+    return ", ".join(f'``pp.normalize(method="{norm}")`` for ``"{m}"``' for m, norm in DEFAULT_NORMALIZATION.items())
+
+
+if impute.__doc__:
+    impute.__doc__ = impute.__doc__.replace("<DEFAULT_NORMALIZATION>", _default_normalization_text())
 
 
 def _read_inputs(

@@ -13,6 +13,9 @@ def test_demo_figure_written(imputed, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "X_umap_scvgae" in imputed.obsm and "X_umap_normalized" in imputed.obsm
     assert sv.__name__ == "scvgae_sc"
+    marker = cli._plot_marker(imputed, "MS4A1", path.parent)  # on the UMAP just computed
+    assert marker == tmp_path / "figs" / "demo_marker_MS4A1.png"
+    assert marker.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_plot_options(monkeypatch):
@@ -26,13 +29,26 @@ def test_demo_plot_options(monkeypatch):
 
 def test_demo_teaches_without_warnings(capsys):
     """The demo runs end to end, shows a marker, the clustering table and the denoising score, warning-free."""
+    import io
     import warnings
+
+    import scanpy as sc
 
     from scvgae_sc import cli
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        assert cli.demo(max_epochs=2, plot=False) == 0
-    out = capsys.readouterr().out
-    assert "one marker gene" in out and "clustering agreement" in out
-    assert "un-imputed" in out and "mcv" in out and "Lower mcv is better" in out
+    log, old_log, old_verbosity = io.StringIO(), sc.settings.logfile, sc.settings.verbosity
+    sc.settings.logfile = log  # the package's warnings (scanpy's logger), e.g. an undefined correlation
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            assert cli.demo(max_epochs=2, plot=False) == 0
+    finally:
+        sc.settings.logfile, sc.settings.verbosity = old_log, old_verbosity
+    captured = capsys.readouterr()
+    out = " ".join(captured.out.split())  # sentences are wrapped
+    assert "one marker gene, MS4A1" in out and "CD19+ B" in out and "clustering agreement" in out
+    assert "Imputation is not meant to sharpen clusters" in out
+    assert "no imputation" in out and "mcv" in out and "lower is better" in out
+    assert "Helps:" in out and "Does not help:" in out
+    text = (out + captured.err + log.getvalue()).lower()
+    assert "nan" not in text.split() and " nan " not in text and "undefined" not in text and "warning" not in text

@@ -264,3 +264,29 @@ def test_an_error_after_normalizing_leaves_adata_as_it_was(pbmc68k, snapshot):
     with pytest.raises(ValueError):
         sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False, graph_key="missing")
     snap.assert_unchanged(pbmc68k)
+
+
+def test_default_normalization_lives_in_one_place(pbmc68k, monkeypatch):
+    """tl.impute reads DEFAULT_NORMALIZATION (and its docstring says what it holds); a counts layer is used first."""
+    from scvgae_sc._constants import DEFAULT_NORMALIZATION
+
+    for method, norm in DEFAULT_NORMALIZATION.items():
+        assert f'``pp.normalize(method="{norm}")`` for ``"{method}"``' in sv.tl.impute.__doc__
+    monkeypatch.setitem(DEFAULT_NORMALIZATION, "scvgae", "log1p")
+    pbmc68k.layers["counts"] = pbmc68k.X.copy()
+    pbmc68k.X = np.log1p(pbmc68k.X.astype(np.float32))  # not counts: the counts layer is read instead
+    X_before = pbmc68k.X.copy()
+    sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False)
+    assert pbmc68k.uns["scvgae_sc"]["normalize"]["normalized"]["method"] == "log1p"
+    assert (pbmc68k.X != X_before).nnz == 0
+
+
+def test_undo_keeps_an_existing_counts_layer(pbmc68k, snapshot):
+    pbmc68k.layers["counts"] = pbmc68k.X.copy()
+    snap = snapshot(pbmc68k)
+    with pytest.raises(ValueError):
+        sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False, graph_key="missing")
+    snap.assert_unchanged(pbmc68k)
+    pbmc68k.layers["counts"] = pbmc68k.layers["counts"].astype(np.float32) * 0.5  # not counts
+    with pytest.raises(ValueError, match=r"adata.layers\['counts'\] does not hold raw counts"):
+        sv.tl.impute(pbmc68k, method="scvgae", max_epochs=2, progress_bar=False)
