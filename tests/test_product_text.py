@@ -52,23 +52,19 @@ def test_no_development_history(path: Path):
     assert not hits, "published text cites development history:\n" + "\n".join(hits)
 
 
-def test_readme_headline_table_matches_results():
-    """README's figures are the output of ``benchmarks/tables.py`` on the canonical summary."""
+def _tables():
+    """``benchmarks/tables.py`` as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("_bench_tables", ROOT / "benchmarks" / "tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
-    expected = tables.headline(tables.load())
-    assert expected in (ROOT / "README.md").read_text(encoding="utf-8"), (
-        "README's headline table differs from `python benchmarks/tables.py`; paste its output into README.md"
-    )
+    return tables
 
 
-def test_readme_denoising_table_matches_results():
-    """README's denoising figures are the output of ``benchmarks/tables.py --denoising``."""
-    spec = importlib.util.spec_from_file_location("_bench_tables_d", ROOT / "benchmarks" / "tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
-    expected = tables.denoising_table(tables.load_denoising())
+@pytest.mark.parametrize("which", ["headline", "denoising"])
+def test_readme_tables_match_results(which):
+    """README's figures are the output of ``benchmarks/tables.py`` (``--denoising``) on the canonical summaries."""
+    tables = _tables()
+    expected = tables.headline(tables.load()) if which == "headline" else tables.denoising_table(tables.load_denoising())
     assert expected in (ROOT / "README.md").read_text(encoding="utf-8"), (
-        "README's denoising table differs from `python benchmarks/tables.py --denoising`; paste it into README.md"
+        f"README's {which} table differs from `python benchmarks/tables.py`; paste its output into README.md"
     )
