@@ -302,3 +302,9 @@ def counts_source(adata: AnnData, counts_layer: str) -> tuple[np.ndarray | spars
         raise ValueError(f"adata.X is None and there is no layer {counts_layer!r}; put raw counts in X.")
     check_counts(adata.X, f"adata.X (copied to layers[{counts_layer!r}])")
     return adata.X, True
+
+
+def median_positive(values: np.ndarray) -> float:
+    """Median of the positive entries (1 when there are none): the target library of ``pp.normalize``."""
+    positive = values[values > 0]
+    return float(np.median(positive)) if positive.size else 1.0

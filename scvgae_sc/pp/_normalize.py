@@ -8,7 +8,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .._constants import COUNTS, NORMALIZED
-from .._utils import check_adata, counts_source, uns_entry
+from .._utils import check_adata, counts_source, median_positive, uns_entry
 
 _METHODS = ("sqrt", "log1p", "total")
 
@@ -24,11 +24,6 @@ def _row_sums(X) -> np.ndarray:
     return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
 
 
-def _median_positive(totals: np.ndarray) -> float:
-    positive = totals[totals > 0]
-    return float(np.median(positive)) if positive.size else 1.0
-
-
 def _safe_inverse(totals: np.ndarray) -> np.ndarray:
     out = np.zeros_like(totals)
     np.divide(1.0, totals, out=out, where=totals > 0)
@@ -41,12 +36,12 @@ def _apply(method: str, X) -> tuple[np.ndarray | sparse.csr_matrix, float]:
         # the scVGAE paper: Y = log1p(C); Y <- Y / rowsum(Y) * median(rowsum(Y)); sqrt(Y)
         Y = X.log1p() if sparse.issparse(X) else np.log1p(X)
         totals = _row_sums(Y)
-        target = _median_positive(totals)
+        target = median_positive(totals)
         Y = _scale_rows(Y, target * _safe_inverse(totals))
         Y = Y.sqrt() if sparse.issparse(Y) else np.sqrt(Y)
         return Y, target
     totals = _row_sums(X)
-    target = _median_positive(totals)
+    target = median_positive(totals)
     Y = _scale_rows(X, target * _safe_inverse(totals))
     if method == "log1p":
         Y = Y.log1p() if sparse.issparse(Y) else np.log1p(Y)

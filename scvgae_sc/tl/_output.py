@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .._utils import median_positive
 from ._common import Neighbourhood, column_blocks, gate_factor, gated
 
 if TYPE_CHECKING:
@@ -262,7 +263,8 @@ def denoise_scale(counts, normalization: str | None, *, source: str) -> dict:
         How ``pp.normalize`` made the input layer: ``"sqrt"``, ``"log1p"`` or ``"total"``.
     source
         ``"counts"``: the prediction is an expected count at the median library (scVGAE's count model);
-        ``"layer"``: it is on the input layer's scale (GNNImpute's decoder) and is taken to linear expression first.
+        ``"layer"``: it is a least-squares fit of the input layer (GNNImpute's decoder): a mean on a ``total``
+        layer, mapped like expected counts; already the expected value on a ``log1p`` or ``sqrt`` layer, kept.
     """
     if normalization not in DENOISED_LAYERS:
         raise ValueError(
@@ -278,14 +280,9 @@ def denoise_scale(counts, normalization: str | None, *, source: str) -> dict:
         lib = np.asarray(C.sum(axis=1)).ravel()
         C.data = np.log1p(C.data)
         log_lib = np.asarray(C.sum(axis=1)).ravel()
-        scale["depth"] = (lib / _median_positive(lib)).tolist()
-        scale["log_depth"] = (log_lib / _median_positive(log_lib)).tolist()
+        scale["depth"] = (lib / median_positive(lib)).tolist()
+        scale["log_depth"] = (log_lib / median_positive(log_lib)).tolist()
     return scale
-
-
-def _median_positive(values: np.ndarray) -> float:
-    positive = values[values > 0]
-    return float(np.median(positive)) if positive.size else 1.0
 
 
 def finish_denoised(imputed: np.ndarray, scale: dict, *, chunk: int = 1024) -> None:
@@ -306,12 +303,10 @@ def finish_denoised(imputed: np.ndarray, scale: dict, *, chunk: int = 1024) -> N
     for start in range(0, imputed.shape[0], chunk):
         rows = slice(start, start + chunk)
         v = np.maximum(imputed[rows].astype(np.float64), 0.0)
-        if scale["source"] == "layer" and kind != "total":
-            pass  # a least-squares fit of a log or sqrt layer already estimates the layer's expected value
-        elif kind == "sqrt":
-            v = np.sqrt(expected_log1p(v * depth[rows, None]) / np.maximum(log_depth[rows, None], 1e-12))
-        else:
-            v = expected_log1p(v)
-            if kind == "total":
-                v = np.expm1(v)
-        imputed[rows] = v
+        if scale["source"] == "counts" or kind == "total":  # a mean: take it to the expected log value
+            if kind == "sqrt":
+                v = np.sqrt(expected_log1p(v * depth[rows, None]) / np.maximum(log_depth[rows, None], 1e-12))
+            else:
+                v = expected_log1p(v)
+                v = np.expm1(v) if kind == "total" else v
+        imputed[rows] = v  # (a fit of a log1p or sqrt layer already estimates its expected value)
