@@ -102,7 +102,7 @@ ABLATIONS = {
 DENOISING_ABLATIONS = {
     "default": {},
     "heads gcn (one more graph step)": {"heads": "gcn"},
-    "heads linear": {"heads": "linear"},
+    "count model's mean alone (posterior=False)": {"posterior": False},
     "n_neighbors 30": {"n_neighbors": 30},
     "published objective (alpha 0.05, mask_rate 0.1, lr 1e-3)": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3},
 }

@@ -37,7 +37,6 @@ def _table(rows: list[dict], columns: Sequence[str], first: str = "layer") -> st
     return "\n".join(fmt.format(*r) for r in [head, *body])
 
 
-
 def _say(text: str) -> None:
     """Print a sentence of the demo, wrapped and indented under its step."""
     import textwrap

@@ -141,9 +141,7 @@ def split_counts(
         raise TypeError(f"fraction must be a number in (0, 1), got {type(fraction).__name__}.")
     if not 0 < float(fraction) < 1:
         raise ValueError(f"fraction must lie strictly between 0 and 1 (the train half's share), got {fraction!r}.")
-    if random_state is not None and (
-        isinstance(random_state, bool) or not isinstance(random_state, int | np.integer)
-    ):
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int | np.integer)):
         raise TypeError(f"random_state must be an int or None, got {type(random_state).__name__}.")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty str, got {key_added!r}.")

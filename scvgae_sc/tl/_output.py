@@ -14,7 +14,8 @@ chunks of cells, blocks of genes), so that a new output kind is added in this mo
 ``"denoised"``
     Every entry is the model's estimate of the cell's expression: the expected ``log1p``-normalized value of a new
     sample of its molecules, on the input layer's scale (:func:`finish_denoised`), from scVGAE's count model
-    ``(1 − π) · M`` or GNNImpute's decoder. Scored by :func:`~scvgae_sc.tl.score_denoising`.
+    ``(1 − π) · M`` (by default its posterior given the cell's own counts, :func:`zinb_posterior`) or GNNImpute's
+    decoder. Scored by :func:`~scvgae_sc.tl.score_denoising`.
 """
 
 from __future__ import annotations
@@ -41,14 +42,62 @@ OUTPUT_KINDS: dict[str, str] = {
 DENOISED_LAYERS = ("sqrt", "log1p", "total")
 
 
-def prediction(out: dict, output: str):
-    """What scVGAE's heads give for ``output`` (float32): the expected count ``(1 − π) · M`` at the median library
-    for ``"denoised"``, the decoder's reconstruction otherwise."""
+def prediction(out: dict, output: str, evidence: tuple | None = None):
+    """What scVGAE's heads give for ``output`` (float32).
+
+    For ``"denoised"`` the expected count ``(1 − π) · M`` at the median library, with ``M`` the posterior given the
+    cells' own counts (:func:`zinb_posterior`) when ``evidence`` (the rows' ``(counts, size_factors)`` tensors) is
+    given; the decoder's reconstruction otherwise.
+    """
     import torch
 
     if output == "denoised":
-        return out["mean"].float() * torch.sigmoid(-out["pi_logits"].float())
+        mean, pi_logits = out["mean"].float(), out["pi_logits"].float()
+        if evidence is not None:
+            mean = zinb_posterior(mean, out["theta"].float(), pi_logits, *evidence)
+        return mean * torch.sigmoid(-pi_logits)
     return out["recon"].float()
+
+
+def zinb_posterior(mean, theta, pi_logits, counts, size_factors):
+    r"""Posterior mean of each cell's expression given its own counts, at the median library (float32 tensors).
+
+    The count model is the prior: :math:`y \sim \pi\,\delta_0 + (1 - \pi)\,\mathrm{Poisson}(s\lambda)`,
+    :math:`\lambda \sim \mathrm{Gamma}(\theta, \theta / M)` (the ZINB of the heads, ``s`` the cell's size
+    factor). A detected count gives :math:`E[\lambda \mid y] = (\theta + y) / (\theta / M + s)`; a zero is a
+    dropout with probability :math:`w = \pi / (\pi + (1 - \pi) p_0)` (:math:`p_0` the negative binomial's zero
+    probability), which leaves the prior mean :math:`M`, and otherwise gives :math:`\theta / (\theta / M + s)`.
+    Genes that vary little between similar cells (large :math:`\theta`) keep the model's mean; noisy ones follow
+    the cell's own counts.
+    """
+    import torch
+
+    sf = size_factors.float().reshape(-1, 1)
+    mean = mean.clamp_min(1e-8)
+    rate = theta / mean  # the prior's rate per unit of size factor
+    detected = (theta + counts) / (rate + sf)
+    log_p0 = theta * (torch.log(theta) - torch.log(theta + mean * sf))
+    w = torch.sigmoid(pi_logits - log_p0)
+    zero = w * mean + (1 - w) * theta / (rate + sf)
+    return torch.where(counts > 0, detected, zero)
+
+
+class Evidence:
+    """Each cell's own counts and size factors, read a chunk of rows at a time for :func:`zinb_posterior`."""
+
+    def __init__(self, counts, size_factors: np.ndarray) -> None:
+        from scipy import sparse
+
+        self.counts = sparse.csr_matrix(counts, dtype=np.float32)
+        self.size_factors = np.asarray(size_factors, dtype=np.float32)
+
+    def rows(self, rows, device) -> tuple:
+        """``(counts, size_factors)`` of ``rows`` (indices) as dense float32 tensors on ``device``."""
+        import torch
+
+        idx = rows.cpu().numpy() if hasattr(rows, "cpu") else np.asarray(rows)
+        counts = torch.from_numpy(self.counts[idx].toarray()).to(device)
+        return counts, torch.from_numpy(self.size_factors[idx]).to(device)
 
 
 def layer_values(x, transform: str):

@@ -174,8 +174,11 @@ class ImputationModel:
         """Train on the input layer ``X`` and ``counts`` (see the subclasses) and impute."""
         raise NotImplementedError
 
-    def _predict_arrays(self, X, dev) -> tuple[np.ndarray, np.ndarray]:
-        """``(imputed, latent)`` of the input layer ``X`` with the module on ``dev``."""
+    def _predict_arrays(self, X, dev, adata: AnnData | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(imputed, latent)`` of the input layer ``X`` with the module on ``dev``.
+
+        ``adata`` holds the cells, for a method whose prediction reads more than the input layer.
+        """
         raise NotImplementedError
 
     # ------------------------------------------------------------------ memory and batching
@@ -402,7 +405,7 @@ class ImputationModel:
         )
         module = self.module.to(dev)
         try:
-            imputed, latent = self._predict_arrays(X, dev)
+            imputed, latent = self._predict_arrays(X, dev, adata)
             if self.config.get("denoise"):
                 finish_denoised(imputed, self.config["denoise"])
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scanpy import logging as logg
@@ -26,6 +26,9 @@ from ._base import ImputationModel, ImputeResult
 from ._gnnimpute_subgraph import graph_forward
 from ._options import GNNImputeOptions, check_split
 from ._plans import GNNImputePlan
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 #: Defaults of the method's own options (see :func:`gnnimpute_options`).
 DEFAULTS: dict[str, Any] = GNNImputeOptions.defaults()
@@ -281,7 +284,7 @@ class GNNImputeModel(ImputationModel):
         kwargs = dict(module_kwargs)
         return GNNImputeModule(kwargs.pop("n_genes"), **kwargs)
 
-    def _predict_arrays(self, X, dev) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_arrays(self, X, dev, adata: AnnData | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         Xlin, _, Xz, _ = gnnimpute_input(X)

@@ -199,6 +199,7 @@ class SCVGAEOutput:
     """What the imputed matrix is made of (see :mod:`scvgae_sc.tl._output`)."""
 
     output: OutputKind = "denoised"
+    posterior: bool = True
     calibrate: bool = True
     fill_scale: FillScale = "auto"
     fill_gate: float = 0.4
@@ -207,7 +208,7 @@ class SCVGAEOutput:
 
     def __post_init__(self) -> None:
         check_positive_int("fill_hops", self.fill_hops)
-        for k in ("calibrate", "graph_fill"):
+        for k in ("posterior", "calibrate", "graph_fill"):
             check_bool(k, getattr(self, k))
         check_common(self, choices={"output": tuple(OUTPUT_KINDS), "fill_scale": ("auto", "fit", "none")})
         check_fraction("fill_gate", self.fill_gate)

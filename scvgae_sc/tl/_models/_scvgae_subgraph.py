@@ -69,10 +69,12 @@ def reconstructions(
     chunk: int,
     latent: list | None = None,
     output: str = "recon",
+    evidence=None,
 ) -> Iterator:
     """Yield ``(rows, recon_rows)`` (eval mode, no gradients) over all cells, ``chunk`` rows at a time.
 
-    ``recon_rows`` is the heads' :func:`~scvgae_sc.tl._output.prediction` for ``output``.
+    ``recon_rows`` is the heads' :func:`~scvgae_sc.tl._output.prediction` for ``output`` (given the cells' own
+    counts when ``evidence``, an :class:`~scvgae_sc.tl._output.Evidence`, is passed).
 
     ``latent``, when given, receives every cell's latent (appended before the first chunk is yielded).
     """
@@ -89,7 +91,7 @@ def reconstructions(
                 rows = np.arange(start, min(start + chunk, sampler.n))
                 r = _to(rows, dev)
                 out = module.decode(h[r], z[r], _to(x_in[rows], dev), r)
-                yield rows, prediction(out, output)
+                yield rows, prediction(out, output, evidence.rows(rows, dev) if evidence is not None else None)
     finally:
         module.train(was_training)
 
@@ -168,12 +170,13 @@ def predict_scvgae_subgraph(
     graph_weight: float = 0.0,
     chunk: int = 512,
     out: np.ndarray | None = None,
+    evidence=None,
     **_: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Imputed matrix and latent from the model input ``x`` (dense NumPy) chunk by chunk, with the exact graph.
 
     ``out`` receives the result (a preallocated ``n_cells × n_genes`` float32 array, e.g. a :class:`numpy.memmap`);
-    by default a new array.
+    by default a new array. ``evidence``: the cells' own counts for ``output="denoised"``'s posterior.
     """
     sampler = SubgraphSampler(gcn_adjacency(graph))
     if out is None:
@@ -183,7 +186,7 @@ def predict_scvgae_subgraph(
         stats_of = _neighbourhood_rows(graph, x, hops=fill_hops, transform=transform, with_mean=bool(graph_weight))
     fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
     latent: list = []
-    for rows, recon in reconstructions(module, sampler, x, device, chunk, latent, output):
+    for rows, recon in reconstructions(module, sampler, x, device, chunk, latent, output, evidence):
         stats = stats_of(rows) if stats_of is not None else (None, None)
         recon = finish_rows(recon, x[rows], stats, output=output, transform=transform, **fill)
         out[rows] = recon.cpu().numpy()
