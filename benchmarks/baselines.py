@@ -21,6 +21,12 @@ Denoising task (DESIGN section 3, molecular cross-validation; ``DENOISING_RIVALS
     The linear neighbourhood mean of ``knn_lin_*`` taken through the mapping of ``tl.impute(output="denoised")``:
     each mean :math:`\mu` becomes ``expm1`` of :math:`E[\log(1 + Y)]`, :math:`Y \sim \mathrm{Poisson}(\mu)` — the
     networks' denoised output with the network replaced by the graph average (their ablation).
+``knn_post_2``
+    scVGAE's denoised output with the network replaced by the graph: the 2-step neighbourhood mean of the linear
+    layer is the prior mean, a negative-binomial dispersion per gene is fitted to the train counts by maximum
+    likelihood (``NB_THETA_GRID``), and each entry is the posterior mean given the cell's own count
+    (``tl._output.zinb_posterior`` without dropout) taken through the ``output="denoised"`` mapping — the ablation
+    of ``posterior=True``.
 ``pca_log``
     Low-rank reconstruction of the ``log1p`` layer (PCA: genes centred, randomized SVD), rank chosen on an inner
     split of the train half: the train counts are split again, ``Binomial(train, 0.5)``; one inner half is
@@ -52,7 +58,10 @@ DENOISING_RIVALS = {
     "knn_explog_1": ("knn_explog", "total", 1),
     "knn_explog_2": ("knn_explog", "total", 2),
     "knn_explog_3": ("knn_explog", "total", 3),
+    "knn_post_2": ("knn_post", "total", 2),
 }
+#: Candidate per-gene dispersions of ``knn_post_2`` (log-spaced; the maximum-likelihood one is kept).
+NB_THETA_GRID = np.geomspace(0.05, 1000.0, 30)
 #: Entries per dense block when scoring (bounds the memory of the loss computation).
 _BLOCK_ENTRIES = 1 << 22
 
@@ -247,14 +256,49 @@ def register(adata, key: str, *, method: str, layer: str, counts_layer: str, gra
     adata.uns[key] = {"params": params}
 
 
+def nb_dispersion(counts: np.ndarray, mean: np.ndarray, grid=NB_THETA_GRID) -> np.ndarray:
+    """Per-gene negative-binomial dispersion of ``counts`` around ``mean`` (cells × genes), by maximum likelihood
+    over ``grid``."""
+    from scipy.special import gammaln
+
+    best, theta = np.full(counts.shape[1], -np.inf), np.ones(counts.shape[1])
+    mean = np.maximum(mean, 1e-8)
+    for t in grid:
+        ll = (gammaln(counts + t) - gammaln(t) + t * np.log(t / (t + mean)) + counts * np.log(mean / (t + mean))).sum(0)
+        better = ll > best
+        best[better], theta[better] = ll[better], t
+    return theta
+
+
+def knn_posterior(M: np.ndarray, counts) -> None:
+    """In place: the prior means ``M`` (expected counts at the median library) → the posterior means given each
+    cell's ``counts`` (``tl._output.zinb_posterior`` with no dropout, the dispersion of :func:`nb_dispersion`)."""
+    import torch
+
+    from scvgae_sc._utils import median_positive
+    from scvgae_sc.tl._output import zinb_posterior
+
+    Y = _dense(counts).astype(np.float64)
+    lib = Y.sum(1)
+    sf = lib / median_positive(lib)
+    theta = nb_dispersion(Y, M * sf[:, None])
+    th = torch.from_numpy(np.broadcast_to(theta, M.shape).astype(np.float32))
+    post = zinb_posterior(
+        torch.from_numpy(M), th, torch.full(M.shape, -60.0), torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(sf)
+    )
+    M[...] = post.numpy()
+
+
 def run_rival(adata, name: str, *, layers: dict, counts_layer: str, seed: int = 0) -> dict:
     """Run denoising rival ``name`` on the job's layers (``layers["total"]``, ``layers["log1p"]``: keys of the
     train half's normalizations); writes ``adata.layers[name]`` (registered) and returns details for the record."""
     kind, norm, steps = DENOISING_RIVALS[name]
-    if kind in ("knn", "knn_explog"):
+    if kind in ("knn", "knn_explog", "knn_post"):
         graph_key = "knn15"
         adata.layers[name] = knn_mean(adata, layers[norm], steps=steps, graph_layer=layers["log1p"], key=graph_key)
-        if kind == "knn_explog":  # the mean taken through tl.impute's output="denoised" mapping
+        if kind == "knn_post":
+            knn_posterior(adata.layers[name], adata.layers[counts_layer])
+        if kind in ("knn_explog", "knn_post"):  # the mean taken through tl.impute's output="denoised" mapping
             from scvgae_sc.tl._output import finish_denoised
 
             finish_denoised(adata.layers[name], {"kind": "total", "source": "counts"})

@@ -315,7 +315,9 @@ SIMPLE_RIVALS = (
     "knn_lin_1", "knn_lin_2", "knn_lin_3", "knn_log_1", "knn_log_2", "knn_log_3", "pca_log",
     "knn_explog_1", "knn_explog_2", "knn_explog_3",
 )
-DENOISING_ORDER = ("none", *SIMPLE_RIVALS, "magic", "alra", "scvi", *OURS)
+#: Model-free versions of our outputs with the network replaced by the graph (the "network removed" ablations).
+NETWORK_REMOVED = ("knn_post_2",)
+DENOISING_ORDER = ("none", *SIMPLE_RIVALS, *NETWORK_REMOVED, "magic", "alra", "scvi", *OURS)
 #: (key, heading, higher is better, format)
 DENOISING = [
     ("mcv", "MCV loss", False, ".4f"),

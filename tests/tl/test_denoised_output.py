@@ -139,3 +139,89 @@ def test_denoised_beats_no_imputation_under_mcv(pbmc68k):
     denoised = sv.tl.score_denoising(pbmc68k, "scvgae")["mcv"]
     print(f"MCV: none {none:.4f}, denoised {denoised:.4f}")
     assert denoised < 0.8 * none
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the posterior given each cell's own counts (posterior=True)
+
+
+def _posterior_by_quadrature(m, theta, pi, y, s):
+    """E[λ | y] under π δ0 + (1 − π) Poisson(sλ), λ ~ Gamma(θ, θ / m), by numerical integration over λ."""
+    from scipy.integrate import quad
+    from scipy.stats import gamma
+
+    def weight(lam):
+        return gamma.pdf(lam, theta, scale=m / theta) * ((1 - pi) * poisson.pmf(y, s * lam) + (pi if y == 0 else 0.0))
+
+    num = quad(lambda lam: lam * weight(lam), 0, np.inf, limit=200)[0]
+    return num / quad(weight, 0, np.inf, limit=200)[0]
+
+
+@pytest.mark.parametrize(
+    ("m", "theta", "pi", "y", "s"),
+    [(2.0, 1.5, 0.0, 3, 1.0), (0.5, 0.7, 0.0, 0, 2.0), (3.0, 4.0, 0.3, 0, 0.5), (1.0, 2.0, 0.6, 5, 1.3)],
+)
+def test_zinb_posterior_is_the_bayes_posterior_mean(m, theta, pi, y, s):
+    import torch
+
+    from scvgae_sc.tl._output import zinb_posterior
+
+    def t(v):
+        return torch.tensor([[float(v)]])
+
+    logit = np.log(pi / (1 - pi)) if pi > 0 else -30.0
+    got = zinb_posterior(t(m), t(theta), t(logit), t(y), torch.tensor([s])).item()
+    assert got == pytest.approx(_posterior_by_quadrature(m, theta, pi, y, s), rel=1e-3)
+
+
+def test_zinb_posterior_limits():
+    import torch
+
+    from scvgae_sc.tl._output import zinb_posterior
+
+    m, y, s = torch.full((1, 3), 2.0), torch.tensor([[0.0, 4.0, 9.0]]), torch.tensor([1.5])
+    no_dropout = torch.full((1, 3), -30.0)
+    stiff = zinb_posterior(m, torch.full((1, 3), 1e6), no_dropout, y, s)  # no variation between cells: the prior
+    torch.testing.assert_close(stiff, m, rtol=1e-3, atol=1e-3)
+    loose = zinb_posterior(m, torch.full((1, 3), 1e-4), no_dropout, y, s)  # all variation: the cell's own counts
+    torch.testing.assert_close(loose, y / s, rtol=1e-3, atol=1e-3)
+    dropout = zinb_posterior(m, torch.full((1, 3), 2.0), torch.full((1, 3), 30.0), y, s)  # a zero is a dropout
+    assert dropout[0, 0].item() == pytest.approx(2.0, rel=1e-4)
+
+
+def test_posterior_option_changes_only_the_denoised_output(normalized):
+    sv.tl.impute(normalized, method="scvgae", key_added="post", **FAST)
+    sv.tl.impute(normalized, method="scvgae", key_added="prior", posterior=False, **FAST)
+    post, prior = normalized.layers["post"], normalized.layers["prior"]
+    assert normalized.uns["post"]["params"]["posterior_used"] is True
+    assert normalized.uns["prior"]["params"]["posterior_used"] is False
+    assert np.isfinite(post).all() and not np.allclose(post, prior)
+    # the cell's own counts pull the estimate: it correlates better with the input than the prior does
+    x = normalized.layers["normalized"].toarray().ravel()
+    assert np.corrcoef(post.ravel(), x)[0, 1] > np.corrcoef(prior.ravel(), x)[0, 1]
+    sv.tl.impute(normalized, method="scvgae", key_added="fill", output="fill", posterior=True, **FAST)
+    assert normalized.uns["fill"]["params"]["posterior_used"] is False
+
+
+@pytest.mark.parametrize("batching", ["full", "subgraph"])
+def test_posterior_saved_model_needs_the_counts(normalized, tmp_path, batching):
+    model = sv.tl.impute(normalized, method="scvgae", batching=batching, return_model=True, **FAST)
+    model.save(tmp_path / "m")
+    model = ImputationModel.load(tmp_path / "m")
+    np.testing.assert_allclose(model.predict(normalized), normalized.layers["scvgae"], rtol=1e-4, atol=1e-5)
+    del normalized.layers["counts"]
+    with pytest.raises(ValueError, match=r"adata.layers\['counts'\] \(the counts it was trained with\) is needed"):
+        model.predict(normalized)
+
+
+def test_posterior_lowers_the_mcv_loss(pbmc68k):
+    """Combining the count model with the cell's own counts scores better on held-out molecules."""
+    sv.pp.filter(pbmc68k)
+    sv.pp.split_counts(pbmc68k, random_state=0)
+    sv.pp.normalize(pbmc68k, counts_layer="mcv_train", key_added="train")
+    opts = {**FAST, "max_epochs": 30, "layer": "train", "counts_layer": "mcv_train"}
+    sv.tl.impute(pbmc68k, method="scvgae", key_added="post", **opts)
+    sv.tl.impute(pbmc68k, method="scvgae", key_added="prior", posterior=False, **opts)
+    post, prior = (sv.tl.score_denoising(pbmc68k, k)["mcv"] for k in ("post", "prior"))
+    print(f"MCV: posterior {post:.4f}, prior {prior:.4f}")
+    assert post < prior
