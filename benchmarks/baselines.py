@@ -283,9 +283,8 @@ def knn_posterior(M: np.ndarray, counts) -> None:
     sf = lib / median_positive(lib)
     theta = nb_dispersion(Y, M * sf[:, None])
     th = torch.from_numpy(np.broadcast_to(theta, M.shape).astype(np.float32))
-    post = zinb_posterior(
-        torch.from_numpy(M), th, torch.full(M.shape, -60.0), torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(sf)
-    )
+    no_dropout = torch.full(M.shape, -60.0)
+    post = zinb_posterior(torch.from_numpy(M), th, no_dropout, torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(sf))
     M[...] = post.numpy()
 
 

@@ -238,6 +238,13 @@ def run_job(job: dict) -> dict:
         for protocol in ("paper", "leiden"):
             s = sv.tl.score_clustering(adata, layer, protocol=protocol, random_state=seed)
             record.update({f"{protocol}_{k}": v for k, v in s.items() if k in ("ari", "ami", "nmi")})
+        if f"X_{layer}" in adata.obsm:  # the network's latent, clustered as scVI users cluster theirs
+            import anndata
+            import numpy as np
+
+            latent = anndata.AnnData(np.asarray(adata.obsm[f"X_{layer}"]), obs=adata.obs[["cell_type"]].copy())
+            s = sv.tl.score_clustering(latent, None, protocol="leiden", random_state=seed)
+            record.update({f"latent_leiden_{k}": v for k, v in s.items() if k in ("ari", "ami", "nmi")})
     else:
         s = sv.tl.score_imputation(adata, layer, truth_layer="total")
         record.update({k: v for k, v in s.items() if k in ("mse", "mae", "pearson", "cosine")})

@@ -53,7 +53,7 @@ def test_knn_mean_is_the_random_walk_average(mods, split):
     assert Y.dtype == np.float32 and Y.shape == X.shape
 
 
-@pytest.mark.parametrize("name", ["knn_lin_1", "knn_log_2", "pca_log"])
+@pytest.mark.parametrize("name", ["knn_lin_1", "knn_log_2", "pca_log", "knn_post_2"])
 def test_rivals_are_scored_on_their_input_scale_and_beat_no_imputation(mods, split, name):
     _, _, baselines = mods
     info = baselines.run_rival(split, name, layers=LAYERS, counts_layer="mcv_train", seed=0)
@@ -67,6 +67,16 @@ def test_rivals_are_scored_on_their_input_scale_and_beat_no_imputation(mods, spl
         target = split.uns["scvgae_sc"]["normalize"]["train_log1p"]["target_sum"]
         own = baselines.mcv_loss_log1p(split.layers[name], target, split.layers["mcv_train"], split.layers["mcv_test"])
         assert own == pytest.approx(s["mcv"], rel=1e-5)
+
+
+def test_nb_dispersion_recovers_the_simulated_one(mods):
+    _, _, baselines = mods
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0.5, 8.0, size=(4000, 3))
+    theta = np.array([0.5, 4.0, 60.0])
+    counts = rng.negative_binomial(theta, theta / (theta + mean)).astype(np.float64)
+    fitted = baselines.nb_dispersion(counts, mean)
+    np.testing.assert_allclose(np.log(fitted), np.log(theta), atol=0.35)  # within one step of the grid's spacing
 
 
 def test_copying_the_log1p_input_scores_as_no_imputation(mods, split):
@@ -130,6 +140,14 @@ def test_our_methods_run_on_their_pipeline(mods, method, pipeline, layer):
     }
     r = bench.run_job(job)
     assert r["input"] == layer and r["epochs"] <= 2 and np.isfinite(r["mcv"])
+
+
+def test_clustering_job_scores_the_latent(mods):
+    bench, _, _ = mods
+    job = {"dataset": "pbmc68k", "seed": 0, "task": "clustering", "method": "scvgae", "max_epochs": 2}
+    r = bench.run_job({**job, "options": {"max_epochs": 2}})
+    assert 0 < r["latent_leiden_ari"] <= 1 and {"leiden_ari", "paper_ari", "latent_leiden_nmi"} <= set(r)
+    assert "latent_leiden_ari" not in bench.run_job({**job, "method": "none"})
 
 
 def test_peer_scale_for_the_denoising_task(mods, split):
