@@ -99,7 +99,8 @@ def scvgae_options() -> dict[str, Any]:
         expression: a detected count gives :math:`(\theta + y) / (\theta / M + s)` (``s`` the size factor), a
         zero weighs "dropout" (the prior mean) against "not expressed" by their likelihoods. Genes with little
         variation between similar cells keep the model's mean; the others follow the cell's counts. On pbmc3k it
-        lowered the molecular cross-validation loss by 4 % (0.0530 → 0.0507, seed 0); ``False`` gives the count
+        lowered the molecular cross-validation loss by 4 % (0.0529 → 0.0506, seed 0) and raised the Leiden ARI
+        from 0.695 to 0.733 (3 seeds, un-imputed 0.702; see the Benchmarks page); ``False`` gives the count
         model's mean alone. Needs ``zinb_target="counts"``; predicting with a saved model then needs the counts
         layer it was trained with.
     ``fill_gate`` (0.4)
