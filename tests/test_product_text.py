@@ -64,7 +64,10 @@ def _tables():
 def test_readme_tables_match_results(which):
     """README's figures are the output of ``benchmarks/tables.py`` (``--denoising``) on the canonical summaries."""
     tables = _tables()
-    expected = tables.headline(tables.load()) if which == "headline" else tables.denoising_table(tables.load_denoising())
+    if which == "headline":
+        expected = tables.headline(tables.load())
+    else:
+        expected = tables.denoising_table(tables.load_denoising())
     assert expected in (ROOT / "README.md").read_text(encoding="utf-8"), (
         f"README's {which} table differs from `python benchmarks/tables.py`; paste its output into README.md"
     )

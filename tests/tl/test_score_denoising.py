@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from anndata import AnnData
-from scipy import sparse
 
 import scvgae_sc as sv
 
