@@ -260,6 +260,11 @@ def impute(
     if max_epochs is not None and (not isinstance(max_epochs, int | np.integer) or max_epochs < 1):
         raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}.")
     options = model_cls.options_class.from_kwargs(**method_kwargs)
+    if unused := options.unused(method_kwargs):
+        logg.warning(
+            f"{', '.join(unused)}: not used with output={options.as_dict()['output']!r} (see "
+            f"tl.{method}_options()); ignored"
+        )
     if copy and layer == NORMALIZED and layer not in adata.layers:  # the normalization goes to the copy only
         adata, copy, return_copy = adata.copy(), False, True
     else:

@@ -225,3 +225,18 @@ def test_posterior_lowers_the_mcv_loss(pbmc68k):
     post, prior = (sv.tl.score_denoising(pbmc68k, k)["mcv"] for k in ("post", "prior"))
     print(f"MCV: posterior {post:.4f}, prior {prior:.4f}")
     assert post < prior
+
+
+def test_options_the_output_does_not_read_are_named(normalized, monkeypatch):
+    import scvgae_sc.tl._impute as impute_module
+
+    said = []
+    monkeypatch.setattr(impute_module.logg, "warning", lambda msg, *a, **k: said.append(msg))
+    sv.tl.impute(normalized, method="scvgae", fill_gate=0.2, calibrate=False, posterior=True, **FAST)
+    assert len(said) == 1 and said[0].startswith("fill_gate, calibrate: not used with output='denoised'")
+    said.clear()
+    sv.tl.impute(normalized, method="scvgae", output="fill", fill_gate=0.2, posterior=False, **FAST)
+    assert said == ["posterior: not used with output='fill' (see tl.scvgae_options()); ignored"]
+    said.clear()
+    sv.tl.impute(normalized, method="scvgae", output="recon", calibrate=False, **FAST)
+    assert said == []

@@ -9,6 +9,7 @@ arguments of :func:`scvgae_sc.tl.impute`; :meth:`MethodOptions.from_kwargs` sort
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
@@ -64,6 +65,17 @@ def check_common(group: Any, *, choices: dict[str, tuple[Any, ...]]) -> None:
             check_choice(name, getattr(group, name), allowed)
 
 
+#: Options read by some outputs only: option -> the outputs that read it (``tl.impute`` warns about the others).
+OUTPUT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "fill_gate": ("fill",),
+    "fill_scale": ("fill",),
+    "fill_hops": ("fill",),
+    "graph_fill": ("fill",),
+    "calibrate": ("recon",),
+    "posterior": ("denoised",),
+}
+
+
 @dataclass(frozen=True)
 class MethodOptions:
     """A method's options: a frozen dataclass whose fields are groups of options (frozen dataclasses)."""
@@ -103,6 +115,11 @@ class MethodOptions:
             names = {f.name for f in fields(group)}
             built[name] = group(**{k: v for k, v in kwargs.items() if k in names})
         return cls(**built)
+
+    def unused(self, given: Iterable[str]) -> list[str]:
+        """The options among ``given`` that the chosen ``output`` does not read (:data:`OUTPUT_OPTIONS`)."""
+        output = self.as_dict()["output"]
+        return [k for k in given if k in OUTPUT_OPTIONS and output not in OUTPUT_OPTIONS[k]]
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as a flat dict (the keys of :meth:`defaults`)."""
