@@ -282,9 +282,10 @@ def knn_posterior(M: np.ndarray, counts) -> None:
     lib = Y.sum(1)
     sf = lib / median_positive(lib)
     theta = nb_dispersion(Y, M * sf[:, None])
-    th = torch.from_numpy(np.broadcast_to(theta, M.shape).astype(np.float32))
-    no_dropout = torch.full(M.shape, -60.0)
-    post = zinb_posterior(torch.from_numpy(M), th, no_dropout, torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(sf))
+    th = torch.from_numpy(theta.astype(np.float32))  # per gene: broadcast over the cells
+    no_dropout = torch.tensor(-60.0)
+    counts = torch.from_numpy(Y.astype(np.float32))
+    post = zinb_posterior(torch.from_numpy(M), th, no_dropout, counts, torch.from_numpy(sf))
     M[...] = post.numpy()
 
 

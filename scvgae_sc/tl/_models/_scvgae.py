@@ -319,8 +319,6 @@ class SCVGAEModel(ImputationModel):
 
     def _evidence(self, adata: AnnData | None) -> Evidence:
         """The cells' own counts (the training's ``counts_layer``) for the denoised output's posterior."""
-        from .._common import size_factors
-
         name, batch_key = self.params.get("counts_layer"), self.params.get("batch_key")
         if adata is None or name not in adata.layers:
             raise ValueError(
