@@ -82,6 +82,42 @@ def zinb_posterior(mean, theta, pi_logits, counts, size_factors):
     return torch.where(counts > 0, detected, zero)
 
 
+#: Dispersions :func:`nb_dispersion` chooses from (log-spaced; a gene's maximum-likelihood value on this grid).
+NB_THETA_GRID = np.geomspace(0.05, 1000.0, 30)
+
+
+def nb_posterior(mean, theta, counts, size_factors):
+    """:func:`zinb_posterior` without dropout: a negative binomial prior of mean ``mean`` and dispersion ``theta``."""
+    import torch
+
+    no_dropout = torch.tensor(-60.0, device=mean.device)
+    return zinb_posterior(mean, theta, no_dropout, counts, size_factors)
+
+
+def nb_dispersion(mean, evidence: Evidence, *, grid: np.ndarray = NB_THETA_GRID, chunk: int = 1024) -> np.ndarray:
+    r"""Per-gene negative-binomial dispersion of the cells' counts around ``mean``, by maximum likelihood on ``grid``.
+
+    ``mean`` (cells × genes, a tensor) is the expected count at the median library; the counts of cell ``i`` are
+    modelled as :math:`\mathrm{NB}(s_i \cdot \mathrm{mean}_i, \theta)` with :math:`s_i` its size factor
+    (``evidence``). The log-likelihood is summed over cells ``chunk`` rows at a time (no cells × genes × grid
+    array). Returns ``theta`` (float32, one per gene).
+    """
+    import torch
+
+    n, n_genes = mean.shape
+    grid_t = torch.as_tensor(grid, dtype=torch.float64, device=mean.device)
+    total = torch.zeros((grid_t.numel(), n_genes), dtype=torch.float64, device=mean.device)
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(start + chunk, n))
+        counts, sf = evidence.rows(rows, mean.device)
+        y = counts.double()
+        mu = (mean[start : start + chunk].double() * sf.double().unsqueeze(1)).clamp_min(1e-8)
+        for j, t in enumerate(grid_t):
+            ll = torch.lgamma(y + t) - torch.lgamma(t) + t * torch.log(t / (t + mu)) + y * torch.log(mu / (t + mu))
+            total[j] += ll.sum(0)
+    return grid[total.argmax(0).cpu().numpy()].astype(np.float32)
+
+
 class Evidence:
     """Each cell's own counts and size factors, read a chunk of rows at a time for :func:`zinb_posterior`."""
 

@@ -29,7 +29,7 @@ def _imputed_cached() -> ad.AnnData:
     sv.pp.normalize(adata)
     sv.pp.normalize(adata, method="total", key_added="total")
     sv.tl.impute(adata, method="scvgae", max_epochs=2)
-    sv.tl.impute(adata, method="gnnimpute", layer="total", max_epochs=3)
+    sv.tl.impute(adata, method="gnnimpute", layer="total", max_epochs=3, patience=5)  # early stopping: validation
     X = adata.layers["normalized"]
     adata.layers["smooth"] = smoothed(X.toarray() if sparse.issparse(X) else np.asarray(X))
     # the user's own PCA and neighbours, which no plot may touch

@@ -196,8 +196,9 @@ def test_split_cells():
         (None, {"layer": "nope"}, ValueError, "no layer 'nope'"),
         (None, {"device": "cuda"}, ValueError, "CUDA"),
         (None, {"graph_key": "missing"}, ValueError, "No graph 'missing'"),
-        (None, {"split": (0.8, 0.0, 0.2)}, ValueError, "0 validation"),
-        (None, {"split": (1.0, 0.0, 0.0)}, ValueError, "validation"),
+        (None, {"split": (0.8, 0.0, 0.2), "patience": 5}, ValueError, "0 validation"),
+        (None, {"split": (1.0, 0.0, 0.0), "objective": "reconstruct"}, ValueError, "validation"),
+        (sv.pp.normalize, {"objective": "molecules", "layer": "normalized"}, ValueError, "objective='molecules'"),
         (None, {"split": (0.6, 0.2, 0.3)}, ValueError, "sum to 1"),
         (None, {"split": (0.6, 0.4)}, ValueError, "three"),
         (None, {"n_neighbors": 700}, ValueError, "n_neighbors"),
@@ -225,9 +226,9 @@ def test_bad_input_leaves_adata_unchanged(snapshot, prepared, mutate, kwargs, ex
 @pytest.mark.parametrize(
     ("n_cells", "kwargs", "match"),
     [
-        (9, {}, "at least 10 cells"),
+        (9, {"patience": 5}, "at least 10 cells"),
         (10, {"n_neighbors": 10}, "n_neighbors"),
-        (12, {"split": (0.95, 0.02, 0.03)}, "0 validation"),
+        (12, {"split": (0.95, 0.02, 0.03), "objective": "reconstruct"}, "0 validation"),
     ],
 )
 def test_too_few_cells(snapshot, prepared, n_cells, kwargs, match):

@@ -177,7 +177,7 @@ def test_gnnimpute_subgraph_training(masked):
     DENSE_COPIES_SUBGRAPH = {"gnnimpute": GNNImputeModel.dense_copies_subgraph}
 
     kw = {"method": "gnnimpute", "layer": "masked", "counts_layer": "masked_counts", "progress_bar": False}
-    kw.update(max_epochs=12, batch_size=128)
+    kw.update(max_epochs=12, batch_size=128, objective="reconstruct")
     size = masked.n_obs * masked.n_vars * 4
     sv.tl.impute(masked, key_added="g1", max_memory=(DENSE_COPIES_SUBGRAPH["gnnimpute"] + 1) * size, **kw)
     sv.tl.impute(masked, key_added="g2", batching="subgraph", **kw)

@@ -24,9 +24,10 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from ..._constants import connectivities_key, latent_key
-from ..._utils import check_adata, check_memory, check_nonnegative, get_layer, params_for_uns
+from ..._utils import check_adata, check_counts, check_memory, check_nonnegative, get_layer, params_for_uns
 from ..._version import __version__
-from .._output import finish_denoised
+from .._common import size_factors
+from .._output import Evidence, finish_denoised
 from ._options import MethodOptions
 
 #: Version of the on-disk format (``major.minor``). A reader refuses a newer major or minor version; a minor
@@ -180,6 +181,19 @@ class ImputationModel:
         ``adata`` holds the cells, for a method whose prediction reads more than the input layer.
         """
         raise NotImplementedError
+
+    def _evidence(self, adata: AnnData | None) -> Evidence:
+        """The cells' own counts (the training's ``counts_layer``) for the denoised output's posterior."""
+        name, batch_key = self.params.get("counts_layer"), self.params.get("batch_key")
+        if adata is None or name not in adata.layers:
+            raise ValueError(
+                f"This model's denoised output combines its prediction with each cell's own counts: "
+                f"adata.layers[{name!r}] (the counts it was trained with) is needed to predict."
+            )
+        counts = adata.layers[name]
+        check_counts(counts, f"adata.layers[{name!r}]")
+        batch = adata.obs[batch_key].to_numpy() if batch_key else None
+        return Evidence(counts, size_factors(counts, batch))
 
     # ------------------------------------------------------------------ memory and batching
     @classmethod

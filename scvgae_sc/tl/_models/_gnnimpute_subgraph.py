@@ -26,6 +26,7 @@ def subgraph_train_step(
     mask_weight: float,
     batch_size: int,
     gen,
+    molecules=None,
 ) -> Callable:
     """A ``train_step(module, epoch)`` yielding one loss per random batch of cells.
 
@@ -36,7 +37,9 @@ def subgraph_train_step(
     with the neighbours' first-layer output from a history buffer. The loss is the MSE of the decoder output
     times the size factor against ``target`` times the size factor (the count scale) over the batch's training
     cells, plus ``mask_weight`` × the MSE over their hidden entries. ``observed`` are the flat indices of the
-    observed non-zeros (the entries ``draw_mask`` chooses from).
+    observed non-zeros (the entries ``draw_mask`` chooses from). With ``molecules`` (a
+    :class:`~scvgae_sc.tl._models._plans.MoleculeSplit`) each epoch's input is a fresh split of the counts instead,
+    and the loss scores the held-out molecules.
 
     Data-parallel (a process group with several ranks): all ranks draw the same corruption and permutation
     (the same ``gen``), each trains on its share of every step's cells
@@ -63,8 +66,13 @@ def subgraph_train_step(
         return mod.dropout(torch.relu(mod.bn1(h))), nodes, edge_index
 
     def train_step(mod, epoch: int):
-        hidden = draw_mask() if draw_mask is not None else None
-        x_in = corrupt(hidden)
+        held_out, factors = None, sf
+        if molecules is not None:
+            hidden = None
+            x_in, held_out, factors = molecules.draw()
+        else:
+            hidden = draw_mask() if draw_mask is not None else None
+            x_in = corrupt(hidden)
         hidden_dense = None
         if hidden is not None and mask_weight > 0:
             hidden_dense = torch.zeros(n * n_genes, dtype=torch.bool, device=dev)
@@ -85,7 +93,7 @@ def subgraph_train_step(
             h1_nodes = torch.cat([h1.float(), state["history"][halo]])
             h2 = mod.conv2((h1_nodes.to(h1.dtype), h1), edge_index)
             z = mod.dropout(torch.relu(mod.bn2(h2)))
-            sf_rows = sf[rows].unsqueeze(1)
+            sf_rows = factors[rows].unsqueeze(1)
             recon = mod.decoder(z).float() * sf_rows
             with torch.no_grad():
                 if n_ranks > 1:  # every rank's first-layer rows into every rank's history
@@ -95,7 +103,7 @@ def subgraph_train_step(
                 else:
                     state["history"][rows] = h1.detach().float()
             train = train_cells[rows]
-            truth = target[rows] * sf_rows
+            truth = target[rows] * sf_rows if held_out is None else held_out[rows]
             if not bool(train.any()):  # no training cell in this batch: nothing to learn from, keep the step
                 yield {"loss": recon.sum() * 0, "mse": recon.sum() * 0}
                 continue

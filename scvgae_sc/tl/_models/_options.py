@@ -304,6 +304,7 @@ class GNNImputeArchitecture:
 class GNNImputeTraining:
     """Early stopping, the optimizer, the cell split, the masking and the batches."""
 
+    objective: Literal["auto", "reconstruct", "molecules"] = "auto"
     patience: int | Literal["auto"] = "auto"
     lr: float = 2e-3
     weight_decay: float = 5e-4
@@ -316,7 +317,14 @@ class GNNImputeTraining:
     progress_bar: bool | None = None
 
     def __post_init__(self) -> None:
-        check_common(self, choices={"precision": ("auto", "32", "bf16"), "batching": ("auto", "full", "subgraph")})
+        check_common(
+            self,
+            choices={
+                "objective": ("auto", "reconstruct", "molecules"),
+                "precision": ("auto", "32", "bf16"),
+                "batching": ("auto", "full", "subgraph"),
+            },
+        )
         check_positive_int("batch_size", self.batch_size, minimum=2)
         p = self.patience
         if p != "auto" and (not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1):
@@ -333,12 +341,14 @@ class GNNImputeOutput:
     """What the imputed matrix is made of (see :mod:`scvgae_sc.tl._output`)."""
 
     output: OutputKind = "denoised"
+    posterior: bool = True
     fill_gate: float = 0.0
     fill_scale: FillScale = "auto"
     fill_hops: int = 3
     graph_fill: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
+        check_bool("posterior", self.posterior)
         check_common(self, choices={"output": tuple(OUTPUT_KINDS), "fill_scale": ("auto", "fit", "none")})
         check_fraction("fill_gate", self.fill_gate)
         check_positive_int("fill_hops", self.fill_hops)

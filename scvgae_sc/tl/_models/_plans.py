@@ -106,6 +106,52 @@ class SCVGAEPlan:
         return (self.batch_loss(module, x_in, hidden, rows) for rows in batches)
 
 
+class MoleculeSplit:
+    """Each epoch's molecule-wise split of the counts: the network reads one part, its loss scores the other.
+
+    Every count is split binomially: a share ``fraction`` of its molecules goes to the input part, the rest is held
+    out. The input part is normalized as the input layer (divided by the size factor and by ``fraction``, so it has
+    the layer's scale), then ``log1p`` and z-scored with the layer's statistics; the held-out part is the training
+    target on the count scale, fit by the decoder output times ``size_factor × (1 − fraction)``. The two parts are
+    independent draws of the same expression, so the network cannot gain by copying its input (Noise2Self for
+    counts, as molecular cross-validation scores a denoiser).
+
+    Parameters
+    ----------
+    counts
+        Dense counts (cells × genes, float) on the device.
+    sf
+        Size factors.
+    mean, std
+        Per-gene statistics of the ``log1p`` input layer (the z-score of the model input).
+    fraction
+        Share of each count's molecules given to the network.
+    gen
+        Random generator.
+    """
+
+    def __init__(self, counts, sf, mean, std, *, fraction: float, gen) -> None:
+        import torch
+
+        self.shape = counts.shape
+        self.observed = torch.nonzero(counts.reshape(-1) > 0).squeeze(1)
+        self.values = counts.reshape(-1)[self.observed].float()
+        self.sf, self.mean, self.std = sf, mean, std
+        self.fraction, self.gen = float(fraction), gen
+        self.counts = counts
+
+    def draw(self):
+        """``(x_in, held_out, factors)``: the model input, the held-out counts and the factors of the decoder output."""
+        import torch
+
+        kept = torch.binomial(self.values, torch.full_like(self.values, self.fraction), generator=self.gen)
+        part = torch.zeros(self.shape, dtype=torch.float32, device=self.values.device)
+        part.view(-1)[self.observed] = kept
+        held_out = self.counts - part
+        part.div_(self.sf.unsqueeze(1) * self.fraction).log1p_().sub_(self.mean).div_(self.std)
+        return part, held_out, self.sf * (1.0 - self.fraction)
+
+
 class GNNImputePlan:
     """GNNImpute's training and validation steps (training, validation and test cells fixed, masks per epoch).
 
@@ -133,6 +179,9 @@ class GNNImputePlan:
         The adjacency (SciPy) for chunked passes (``batching="subgraph"``).
     cells
         Boolean masks of training and validation cells.
+    molecules
+        With a :class:`MoleculeSplit`, the network reads a fresh split of the counts each epoch and is scored on the
+        held-out molecules (``objective="molecules"``; no masking), validation on one fixed split.
     """
 
     def __init__(
@@ -151,11 +200,13 @@ class GNNImputePlan:
         gen,
         batching: str,
         chunk: int,
+        molecules: MoleculeSplit | None = None,
     ) -> None:
         import torch
 
         dev = x.device
         self.model = model
+        self.molecules = molecules
         self.x, self.zero_z, self.target, self.sf = x, zero_z, target, sf
         self.edge_index, self.graph, self.gen = edge_index, graph, gen
         self.mask_rate, self.mask_weight = mask_rate, mask_weight
@@ -173,6 +224,7 @@ class GNNImputePlan:
         del cell_of
         self.val_hidden = self.draw_mask() if self.use_mask else None
         self.train_cells = torch.from_numpy(train_cells).to(dev)
+        self.val_split = molecules.draw() if molecules is not None and val_cells.any() else None
 
     def draw_mask(self):
         """Which observed non-zeros to hide (a boolean vector over the observed entries)."""
@@ -209,6 +261,10 @@ class GNNImputePlan:
 
     def __call__(self, module, epoch: int):
         """The ``train_step`` of :class:`~scvgae_sc.nn.Trainer` (whole graph; see :meth:`train_step`)."""
+        if self.molecules is not None:
+            x_in, held_out, factors = self.molecules.draw()
+            out = module(x_in, self.edge_index, factors)
+            return self.model.imputation_loss(out, self.train_rows, held_out[self.train_rows])
         hidden = self.draw_mask() if self.use_mask else None
         out = module(self.corrupt(hidden), self.edge_index, self.sf)
         return self.losses(out, self.train_rows, self.train_target, hidden & self.in_train if self.use_mask else None)
@@ -232,10 +288,15 @@ class GNNImputePlan:
             mask_weight=self.mask_weight,
             batch_size=self.chunk,
             gen=self.gen,
+            molecules=self.molecules,
         )
 
     def val_step(self, module):
-        """The ``val_step`` of :class:`~scvgae_sc.nn.Trainer`: the loss on the validation cells, fixed mask."""
+        """The ``val_step`` of :class:`~scvgae_sc.nn.Trainer`: the loss on the validation cells, fixed mask or split."""
+        if self.val_split is not None:
+            x_in, held_out, factors = self.val_split
+            out = self.forward(module, x_in, factors)
+            return self.model.imputation_loss(out, self.val_rows, held_out[self.val_rows])
         out = self.forward(module, self.corrupt(self.val_hidden), self.sf)
         hidden = self.val_hidden & self.in_val if self.use_mask else None
         return self.losses(out, self.val_rows, self.val_target, hidden)

@@ -8,7 +8,6 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from ..._utils import check_counts
 from .._common import (
     dense_tensor,
     edge_tensors,
@@ -316,19 +315,6 @@ class SCVGAEModel(ImputationModel):
         if hasattr(self.module, "reset_cache"):
             self.module.reset_cache()
         return predict_scvgae(self.module, x, edge_index, edge_weight, graph=self.graph, **pk)
-
-    def _evidence(self, adata: AnnData | None) -> Evidence:
-        """The cells' own counts (the training's ``counts_layer``) for the denoised output's posterior."""
-        name, batch_key = self.params.get("counts_layer"), self.params.get("batch_key")
-        if adata is None or name not in adata.layers:
-            raise ValueError(
-                f"This model's denoised output combines its count model with each cell's own counts: "
-                f"adata.layers[{name!r}] (the counts it was trained with) is needed to predict."
-            )
-        counts = adata.layers[name]
-        check_counts(counts, f"adata.layers[{name!r}]")
-        batch = adata.obs[batch_key].to_numpy() if batch_key else None
-        return Evidence(counts, size_factors(counts, batch))
 
     @classmethod
     def train(
