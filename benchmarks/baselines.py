@@ -24,8 +24,8 @@ Denoising task (DESIGN section 3, molecular cross-validation; ``DENOISING_RIVALS
 ``knn_post_2``
     scVGAE's denoised output with the network replaced by the graph: the 2-step neighbourhood mean of the linear
     layer is the prior mean, a negative-binomial dispersion per gene is fitted to the train counts by maximum
-    likelihood (``NB_THETA_GRID``), and each entry is the posterior mean given the cell's own count
-    (``tl._output.zinb_posterior`` without dropout) taken through the ``output="denoised"`` mapping — the ablation
+    likelihood (``tl._output.NB_THETA_GRID``), and each entry is the posterior mean given the cell's own count
+    (``tl._output.nb_posterior``) taken through the ``output="denoised"`` mapping — the ablation
     of ``posterior=True``.
 ``pca_log``
     Low-rank reconstruction of the ``log1p`` layer (PCA: genes centred, randomized SVD), rank chosen on an inner
@@ -61,7 +61,6 @@ DENOISING_RIVALS = {
     "knn_post_2": ("knn_post", "total", 2),
 }
 #: Candidate per-gene dispersions of ``knn_post_2`` (log-spaced; the maximum-likelihood one is kept).
-NB_THETA_GRID = np.geomspace(0.05, 1000.0, 30)
 #: Entries per dense block when scoring (bounds the memory of the loss computation).
 _BLOCK_ENTRIES = 1 << 22
 
@@ -256,37 +255,23 @@ def register(adata, key: str, *, method: str, layer: str, counts_layer: str, gra
     adata.uns[key] = {"params": params}
 
 
-def nb_dispersion(counts: np.ndarray, mean: np.ndarray, grid=NB_THETA_GRID) -> np.ndarray:
-    """Per-gene negative-binomial dispersion of ``counts`` around ``mean`` (cells × genes), by maximum likelihood
-    over ``grid``."""
-    from scipy.special import gammaln
-
-    best, theta = np.full(counts.shape[1], -np.inf), np.ones(counts.shape[1])
-    mean = np.maximum(mean, 1e-8)
-    for t in grid:
-        ll = (gammaln(counts + t) - gammaln(t) + t * np.log(t / (t + mean)) + counts * np.log(mean / (t + mean))).sum(0)
-        better = ll > best
-        best[better], theta[better] = ll[better], t
-    return theta
-
-
 def knn_posterior(M: np.ndarray, counts) -> None:
     """In place: the prior means ``M`` (expected counts at the median library) → the posterior means given each
-    cell's ``counts`` (``tl._output.zinb_posterior`` with no dropout, the dispersion of :func:`nb_dispersion`)."""
+    cell's ``counts`` (``tl._output.nb_posterior``, the per-gene dispersion of ``tl._output.nb_dispersion``: what
+    GNNImpute's ``posterior`` does with its decoder's output)."""
     import torch
 
     from scvgae_sc._utils import median_positive
-    from scvgae_sc.tl._output import zinb_posterior
+    from scvgae_sc.tl._output import Evidence, nb_dispersion, nb_posterior
 
-    Y = _dense(counts).astype(np.float64)
-    lib = Y.sum(1)
-    sf = lib / median_positive(lib)
-    theta = nb_dispersion(Y, M * sf[:, None])
-    th = torch.from_numpy(theta.astype(np.float32))  # per gene: broadcast over the cells
-    no_dropout = torch.tensor(-60.0)
-    counts = torch.from_numpy(Y.astype(np.float32))
-    post = zinb_posterior(torch.from_numpy(M), th, no_dropout, counts, torch.from_numpy(sf))
-    M[...] = post.numpy()
+    Y = sparse.csr_matrix(counts, dtype=np.float32)
+    lib = np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
+    sf = (lib / median_positive(lib)).astype(np.float32)
+    evidence = Evidence(Y, sf)
+    prior = torch.from_numpy(np.ascontiguousarray(M, dtype=np.float32))
+    theta = torch.from_numpy(nb_dispersion(prior, evidence))
+    rows = np.arange(M.shape[0])
+    M[...] = nb_posterior(prior, theta, *evidence.rows(rows, prior.device)).numpy()
 
 
 def run_rival(adata, name: str, *, layers: dict, counts_layer: str, seed: int = 0) -> dict:

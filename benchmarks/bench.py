@@ -107,6 +107,16 @@ DENOISING_ABLATIONS = {
     "published objective (alpha 0.05, mask_rate 0.1, lr 1e-3)": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3},
 }
 
+#: GNNImpute variants of the denoised output (``--ablation --ablation-method gnnimpute --tasks denoising``); the
+#: network replaced by the graph average under the same posterior is the rival ``knn_post_2``.
+GNN_DENOISING_ABLATIONS = {
+    "default": {},
+    "decoder's mean alone (posterior=False)": {"posterior": False},
+    "published objective (objective='reconstruct')": {"objective": "reconstruct"},
+    "120 epochs": {"max_epochs": 120},
+    "n_neighbors 15": {"n_neighbors": 15},
+}
+
 #: GNNImpute variants (``--ablation --method gnnimpute``).
 GNN_ABLATIONS = {
     "default": {},
@@ -570,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         datasets = args.datasets if args.datasets != list(DATASETS) else ["pbmc3k"]
         table = ABLATIONS if args.ablation_method == "scvgae" else GNN_ABLATIONS
-        if args.ablation_method == "scvgae" and set(args.tasks) == {"denoising"}:
-            table = DENOISING_ABLATIONS
+        if set(args.tasks) == {"denoising"}:
+            table = DENOISING_ABLATIONS if args.ablation_method == "scvgae" else GNN_DENOISING_ABLATIONS
         rows = {k: v for k, v in table.items() if args.only is None or k in args.only}
         for ds in datasets:
             for seed in args.seeds:

@@ -99,9 +99,9 @@ def gnnimpute_options() -> dict[str, Any]:
         Fractions of cells for training, validation (early stopping) and test; they must sum to 1 and give at
         least one training and one validation cell. Unused by ``objective="molecules"`` without ``patience``.
     ``mask_rate`` (0.1), ``mask_weight`` (1)
-        Self-supervised masking of ``objective="reconstruct"`` (not in the published method): each epoch this fraction of the observed
-        non-zeros is hidden from the input (set to the value of a zero), and the model is also trained
-        (weight ``mask_weight``) to recover the hidden entries of the training cells. The validation loss
+        Self-supervised masking of ``objective="reconstruct"`` (not in the published method): each epoch this
+        fraction of the observed non-zeros is hidden from the input (set to the value of a zero), and the model is
+        also trained (weight ``mask_weight``) to recover the hidden entries of the training cells. The validation loss
         includes the same term for a fixed mask of the validation cells, so early stopping watches
         imputation, not only reconstruction. ``0`` turns it off (the published training).
     ``objective`` (``"auto"``)
