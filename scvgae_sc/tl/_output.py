@@ -94,7 +94,7 @@ def nb_posterior(mean, theta, counts, size_factors):
     return zinb_posterior(mean, theta, no_dropout, counts, size_factors)
 
 
-def nb_dispersion(mean, evidence: Evidence, *, grid: np.ndarray = NB_THETA_GRID, chunk: int = 1024) -> np.ndarray:
+def nb_dispersion(mean, evidence: Evidence, *, grid: np.ndarray = NB_THETA_GRID, chunk: int = 256) -> np.ndarray:
     r"""Per-gene negative-binomial dispersion of the cells' counts around ``mean``, by maximum likelihood on ``grid``.
 
     ``mean`` (cells × genes, a tensor) is the expected count at the median library; the counts of cell ``i`` are

@@ -295,17 +295,16 @@ def predict_gnnimpute(
 
 
 def _posterior(pred, theta, evidence: Evidence | None, chunk: int):
-    """The posterior means of ``pred`` given ``evidence``, ``chunk`` cells at a time."""
+    """``pred`` (prior means) replaced in place by the posterior means given ``evidence``, ``chunk`` cells at a time."""
     import torch
 
     if evidence is None:
         raise ValueError("the posterior of output='denoised' needs the cells' counts (evidence)")
     th = torch.as_tensor(np.asarray(theta, dtype=np.float32), device=pred.device)
-    post = torch.empty_like(pred)
-    for start in range(0, pred.shape[0], chunk):
+    for start in range(0, pred.shape[0], chunk):  # in place, chunk by chunk
         rows = torch.arange(start, min(start + chunk, pred.shape[0]))
-        post[start : start + chunk] = nb_posterior(pred[start : start + chunk], th, *evidence.rows(rows, pred.device))
-    return post
+        pred[start : start + chunk] = nb_posterior(pred[start : start + chunk], th, *evidence.rows(rows, pred.device))
+    return pred
 
 
 class GNNImputeModel(ImputationModel):
@@ -409,9 +408,12 @@ class GNNImputeModel(ImputationModel):
 
 def _dispersion(model, plan: GNNImputePlan, predict_kwargs: dict, A, evidence: Evidence) -> np.ndarray:
     """Per-gene dispersion of the counts around the trained decoder's means (the posterior's prior)."""
-    kwargs = {k: v for k, v in predict_kwargs.items() if k in ("batching", "chunk")}
-    pred, _, _ = predict_gnnimpute(model, plan.x, plan.edge_index, plan.target, output="recon", graph=A, **kwargs)
-    return nb_dispersion(pred, evidence)
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        out = graph_forward(model, plan.x, plan.edge_index, A, batching=predict_kwargs["batching"], chunk=plan.chunk)
+    return nb_dispersion(out["recon"].float().clamp_min(0), evidence)
 
 
 def _warn_normalization(normalization: str | None) -> None:
@@ -586,8 +588,14 @@ def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
     molecules = None
     if stats is not None:
         mean, std = (torch.from_numpy(v).to(dev) for v in stats)
-        counts_t = torch.from_numpy(to_dense_array(counts, np.float32)).to(dev)
-        molecules = MoleculeSplit(counts_t, sf, mean, std, fraction=MOLECULE_FRACTION, gen=gen)
+        molecules = MoleculeSplit(
+            torch.from_numpy(to_dense_array(counts, np.float32)).to(dev),
+            sf,
+            mean,
+            std,
+            fraction=MOLECULE_FRACTION,
+            gen=gen,
+        )
     plan = GNNImputePlan(
         model,
         x,

@@ -119,7 +119,7 @@ class MoleculeSplit:
     Parameters
     ----------
     counts
-        Dense counts (cells × genes, float) on the device.
+        Dense counts (cells × genes, float) on the device; only their non-zeros are kept.
     sf
         Size factors.
     mean, std
@@ -138,7 +138,6 @@ class MoleculeSplit:
         self.values = counts.reshape(-1)[self.observed].float()
         self.sf, self.mean, self.std = sf, mean, std
         self.fraction, self.gen = float(fraction), gen
-        self.counts = counts
 
     def draw(self):
         """``(x_in, held_out, factors)``: the model input, the held-out counts and the factors of the decoder output."""
@@ -147,7 +146,8 @@ class MoleculeSplit:
         kept = torch.binomial(self.values, torch.full_like(self.values, self.fraction), generator=self.gen)
         part = torch.zeros(self.shape, dtype=torch.float32, device=self.values.device)
         part.view(-1)[self.observed] = kept
-        held_out = self.counts - part
+        held_out = torch.zeros_like(part)
+        held_out.view(-1)[self.observed] = self.values - kept
         part.div_(self.sf.unsqueeze(1) * self.fraction).log1p_().sub_(self.mean).div_(self.std)
         return part, held_out, self.sf * (1.0 - self.fraction)
 
