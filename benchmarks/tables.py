@@ -51,7 +51,7 @@ DENOISING_ROWS = (
     ("none", "no imputation"),
     ("knn_log_2", "k-NN mean of log values, 2 steps"),
     ("knn_explog_2", "k-NN mean, 2 steps, expected-log output"),
-    ("knn_post_2", "k-NN mean, 2 steps, through scVGAE's posterior (no network)"),
+    ("knn_post_2", "k-NN mean, 2 steps, through the networks' posterior (no network)"),
     ("pca_log", "PCA of log values (rank on an inner split)"),
     ("magic", "MAGIC"),
     ("scvi", "scVI"),
