@@ -112,7 +112,6 @@ DENOISING_ABLATIONS = {
 GNN_DENOISING_ABLATIONS = {
     "default": {},
     "decoder's mean alone (posterior=False)": {"posterior": False},
-    "published objective (objective='reconstruct')": {"objective": "reconstruct"},
     "120 epochs": {"max_epochs": 120},
     "n_neighbors 15": {"n_neighbors": 15},
 }

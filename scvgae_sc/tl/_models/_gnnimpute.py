@@ -116,8 +116,8 @@ def gnnimpute_options() -> dict[str, Any]:
         the cells by ``split`` again and stops early on the validation cells' held-out molecules. It needs a
         ``total`` input layer. ``"auto"``: ``"molecules"`` for ``output="denoised"`` on a ``total`` layer,
         ``"reconstruct"`` elsewhere (``objective_used`` in ``uns[key]["params"]``). On pbmc3k's molecular
-        cross-validation (seed 0) the denoised output scored 0.0517 with it against 0.093 with the reconstruction
-        objective (0.092 without imputation); see the Benchmarks page of the documentation.
+        cross-validation the denoised output scored 0.0515 with it (seeds 0–2) against 0.093 with the
+        reconstruction objective (seed 0; 0.092 without imputation); see the Benchmarks page of the documentation.
     ``output`` (``"denoised"``)
         ``"fill"``: observed non-zeros are kept and zeros replaced by the model's prediction (see
         ``fill_gate`` and ``fill_scale``); ``"recon"``: the model's output everywhere (the published output);
