@@ -203,12 +203,16 @@ def test_posterior_option_changes_only_the_denoised_output(normalized):
     assert normalized.uns["fill"]["params"]["posterior_used"] is False
 
 
+@pytest.mark.parametrize("method", ["scvgae", "gnnimpute"])
 @pytest.mark.parametrize("batching", ["full", "subgraph"])
-def test_posterior_saved_model_needs_the_counts(normalized, tmp_path, batching):
-    model = sv.tl.impute(normalized, method="scvgae", batching=batching, return_model=True, **FAST)
+def test_posterior_saved_model_needs_the_counts(normalized, tmp_path, batching, method):
+    sv.pp.normalize(normalized, method="total", key_added="total")
+    kw = {"layer": "total", **FAST_GNN} if method == "gnnimpute" else FAST
+    model = sv.tl.impute(normalized, method=method, batching=batching, return_model=True, **kw)
+    assert normalized.uns[method]["params"]["posterior_used"] is True
     model.save(tmp_path / "m")
     model = ImputationModel.load(tmp_path / "m")
-    np.testing.assert_allclose(model.predict(normalized), normalized.layers["scvgae"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.predict(normalized), normalized.layers[method], rtol=1e-4, atol=1e-5)
     del normalized.layers["counts"]
     with pytest.raises(ValueError, match=r"adata.layers\['counts'\] \(the counts it was trained with\) is needed"):
         model.predict(normalized)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import scvgae_sc as sv
-from scvgae_sc.tl._models import ImputationModel
 from scvgae_sc.tl._models._plans import MoleculeSplit
 from scvgae_sc.tl._output import NB_THETA_GRID, Evidence, nb_dispersion
 
@@ -86,17 +85,6 @@ def test_posterior_option(total):
     assert total.uns["prior"]["params"]["posterior_used"] is False
     np.testing.assert_array_equal(total.obsm["X_post"], total.obsm["X_prior"])  # the same network
     assert not np.allclose(total.layers["post"], total.layers["prior"])
-
-
-@pytest.mark.parametrize("batching", ["full", "subgraph"])
-def test_saved_model_predicts_the_posterior(total, tmp_path, batching):
-    model = sv.tl.impute(total, method="gnnimpute", layer="total", batching=batching, return_model=True, **FAST)
-    model.save(tmp_path / "m")
-    model = ImputationModel.load(tmp_path / "m")
-    np.testing.assert_allclose(model.predict(total), total.layers["gnnimpute"], rtol=1e-4, atol=1e-5)
-    del total.layers["counts"]
-    with pytest.raises(ValueError, match=r"adata.layers\['counts'\] \(the counts it was trained with\) is needed"):
-        model.predict(total)
 
 
 def test_subgraph_training_is_deterministic(total):

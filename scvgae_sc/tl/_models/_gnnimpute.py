@@ -274,16 +274,7 @@ def predict_gnnimpute(
     per-gene dispersion, ``posterior=True``) the denoised output is the posterior given each cell's counts
     (``evidence``), the decoder output its prior mean (:func:`~scvgae_sc.tl._output.nb_posterior`).
     """
-    import torch
-
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            # without size factors the decoder output is on the input layer's scale
-            out = graph_forward(module, x, edge_index, graph, batching=batching, chunk=chunk)
-    finally:
-        module.train(was_training)
+    out = _evaluate(module, x, edge_index, graph, batching=batching, chunk=chunk)
     pred = out["recon"].float().clamp_min(0)
     if theta is not None and output == "denoised":
         pred = _posterior(pred, theta, evidence, chunk)
@@ -292,6 +283,19 @@ def predict_gnnimpute(
     imputed = imputed.cpu().numpy()
     latent = out["z"].float().cpu().numpy()
     return pred, np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+
+def _evaluate(module, x, edge_index, graph, *, batching: str, chunk: int) -> dict:
+    """The network's whole-graph output in eval mode, without gradients (``recon`` on the input layer's scale)."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return graph_forward(module, x, edge_index, graph, batching=batching, chunk=chunk)
+    finally:
+        module.train(was_training)
 
 
 def _posterior(pred, theta, evidence: Evidence | None, chunk: int):
@@ -408,11 +412,7 @@ class GNNImputeModel(ImputationModel):
 
 def _dispersion(model, plan: GNNImputePlan, predict_kwargs: dict, A, evidence: Evidence) -> np.ndarray:
     """Per-gene dispersion of the counts around the trained decoder's means (the posterior's prior)."""
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        out = graph_forward(model, plan.x, plan.edge_index, A, batching=predict_kwargs["batching"], chunk=plan.chunk)
+    out = _evaluate(model, plan.x, plan.edge_index, A, batching=predict_kwargs["batching"], chunk=plan.chunk)
     return nb_dispersion(out["recon"].float().clamp_min(0), evidence)
 
 
