@@ -262,16 +262,14 @@ def knn_posterior(M: np.ndarray, counts) -> None:
     import torch
 
     from scvgae_sc._utils import median_positive
-    from scvgae_sc.tl._output import Evidence, nb_dispersion, nb_posterior
+    from scvgae_sc.tl._output import Evidence, nb_dispersion, nb_posterior_rows
 
     Y = sparse.csr_matrix(counts, dtype=np.float32)
     lib = np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
     sf = (lib / median_positive(lib)).astype(np.float32)
     evidence = Evidence(Y, sf)
     prior = torch.from_numpy(np.ascontiguousarray(M, dtype=np.float32))
-    theta = torch.from_numpy(nb_dispersion(prior, evidence))
-    rows = np.arange(M.shape[0])
-    M[...] = nb_posterior(prior, theta, *evidence.rows(rows, prior.device)).numpy()
+    M[...] = nb_posterior_rows(prior, nb_dispersion(prior, evidence), evidence).numpy()
 
 
 def run_rival(adata, name: str, *, layers: dict, counts_layer: str, seed: int = 0) -> dict:

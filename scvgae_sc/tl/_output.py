@@ -94,6 +94,23 @@ def nb_posterior(mean, theta, counts, size_factors):
     return zinb_posterior(mean, theta, no_dropout, counts, size_factors)
 
 
+def nb_posterior_rows(prior, theta, evidence: Evidence, *, chunk: int = 512):
+    """In place, ``chunk`` cells at a time: the prior means → :func:`nb_posterior` given the cells' counts.
+
+    ``prior`` holds cells × genes means at the median library, ``evidence`` the cells' counts and size factors,
+    ``theta`` the per-gene dispersion.
+    """
+    import torch
+
+    th = torch.as_tensor(np.asarray(theta, dtype=np.float32), device=prior.device)
+    for start in range(0, prior.shape[0], chunk):
+        rows = torch.arange(start, min(start + chunk, prior.shape[0]))
+        prior[start : start + chunk] = nb_posterior(
+            prior[start : start + chunk], th, *evidence.rows(rows, prior.device)
+        )
+    return prior
+
+
 def nb_dispersion(mean, evidence: Evidence, *, grid: np.ndarray = NB_THETA_GRID, chunk: int = 256) -> np.ndarray:
     r"""Per-gene negative-binomial dispersion of the cells' counts around ``mean``, by maximum likelihood on ``grid``.
 

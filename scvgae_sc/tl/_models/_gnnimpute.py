@@ -21,7 +21,7 @@ from .._common import (
     resolve_graph,
     size_factors,
 )
-from .._output import Evidence, finish_blocks, nb_dispersion, nb_posterior
+from .._output import Evidence, finish_blocks, nb_dispersion, nb_posterior_rows
 from ._base import ImputationModel, ImputeResult
 from ._gnnimpute_subgraph import graph_forward
 from ._options import GNNImputeOptions, check_split
@@ -277,7 +277,9 @@ def predict_gnnimpute(
     out = _evaluate(module, x, edge_index, graph, batching=batching, chunk=chunk)
     pred = out["recon"].float().clamp_min(0)
     if theta is not None and output == "denoised":
-        pred = _posterior(pred, theta, evidence, chunk)
+        if evidence is None:
+            raise ValueError("the posterior of output='denoised' needs the cells' counts (evidence)")
+        pred = nb_posterior_rows(pred, theta, evidence, chunk=chunk)
     fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "fill_hops": fill_hops, "graph_weight": graph_weight}
     imputed = finish_blocks(pred, target, graph, output=output, fill_symmetric=fill_symmetric, **fill)
     imputed = imputed.cpu().numpy()
@@ -296,19 +298,6 @@ def _evaluate(module, x, edge_index, graph, *, batching: str, chunk: int) -> dic
             return graph_forward(module, x, edge_index, graph, batching=batching, chunk=chunk)
     finally:
         module.train(was_training)
-
-
-def _posterior(pred, theta, evidence: Evidence | None, chunk: int):
-    """``pred`` (prior means) replaced in place by the posterior means given ``evidence``, ``chunk`` cells at a time."""
-    import torch
-
-    if evidence is None:
-        raise ValueError("the posterior of output='denoised' needs the cells' counts (evidence)")
-    th = torch.as_tensor(np.asarray(theta, dtype=np.float32), device=pred.device)
-    for start in range(0, pred.shape[0], chunk):  # in place, chunk by chunk
-        rows = torch.arange(start, min(start + chunk, pred.shape[0]))
-        pred[start : start + chunk] = nb_posterior(pred[start : start + chunk], th, *evidence.rows(rows, pred.device))
-    return pred
 
 
 class GNNImputeModel(ImputationModel):
@@ -588,14 +577,8 @@ def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
     molecules = None
     if stats is not None:
         mean, std = (torch.from_numpy(v).to(dev) for v in stats)
-        molecules = MoleculeSplit(
-            torch.from_numpy(to_dense_array(counts, np.float32)).to(dev),
-            sf,
-            mean,
-            std,
-            fraction=MOLECULE_FRACTION,
-            gen=gen,
-        )
+        counts_csr = sparse.csr_matrix(counts, dtype=np.float32)
+        molecules = MoleculeSplit(counts_csr, sf, mean, std, fraction=MOLECULE_FRACTION, gen=gen)
     plan = GNNImputePlan(
         model,
         x,

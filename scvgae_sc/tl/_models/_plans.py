@@ -2,7 +2,7 @@
 
 A plan is the ``train_step(module, epoch)`` (and ``val_step(module)``) of :class:`~scvgae_sc.nn.Trainer`, as
 scvi-tools' ``TrainingPlan.training_step`` calls ``module.loss``: the plan chooses the cells and the entries hidden
-from the input, the module computes its loss. Tensors only.
+from the input, the module computes its loss. Tensors only (a SciPy matrix may be read once, when a plan is built).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ class MoleculeSplit:
     Parameters
     ----------
     counts
-        Dense counts (cells × genes, float) on the device; only their non-zeros are kept.
+        Counts (cells × genes): a SciPy sparse matrix, or a dense tensor on the device; only their non-zeros are
+        kept.
     sf
         Size factors.
     mean, std
@@ -132,10 +133,20 @@ class MoleculeSplit:
 
     def __init__(self, counts, sf, mean, std, *, fraction: float, gen) -> None:
         import torch
+        from scipy import sparse
 
-        self.shape = counts.shape
-        self.observed = torch.nonzero(counts.reshape(-1) > 0).squeeze(1)
-        self.values = counts.reshape(-1)[self.observed].float()
+        self.shape = tuple(counts.shape)
+        if sparse.issparse(counts):  # the non-zeros in row-major order, as from the dense matrix
+            C = sparse.csr_matrix(counts, dtype=np.float32)
+            C.eliminate_zeros()
+            C.sort_indices()
+            rows = np.repeat(np.arange(C.shape[0], dtype=np.int64), np.diff(C.indptr))
+            flat = rows * C.shape[1] + C.indices.astype(np.int64)
+            self.observed = torch.from_numpy(flat).to(sf.device)
+            self.values = torch.from_numpy(C.data).to(sf.device)
+        else:
+            self.observed = torch.nonzero(counts.reshape(-1) > 0).squeeze(1)
+            self.values = counts.reshape(-1)[self.observed].float()
         self.sf, self.mean, self.std = sf, mean, std
         self.fraction, self.gen = float(fraction), gen
 
