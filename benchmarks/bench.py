@@ -22,7 +22,10 @@ Protocols:
 
 clustering
     ``pp.filter`` → ``pp.normalize(method="sqrt")`` → impute the ``normalized`` layer →
-    ``tl.score_clustering`` with ``protocol="paper"`` and ``"leiden"``.
+    ``tl.score_clustering`` with ``protocol="paper"`` and ``"leiden"``. GNNImpute (and any method with
+    ``--pipelines total``) runs on its own default pipeline instead: ``pp.normalize(method="total")`` → impute the
+    ``total`` layer → ``log1p`` of the result is clustered (``none`` with ``--pipelines total``: ``log1p`` of the
+    ``total`` layer).
 masked
     ``pp.filter`` → ``pp.normalize(method="total", key_added="total")`` → ``pp.mask_dropouts(layer="total")``
     → impute ``layer="masked", counts_layer="masked_counts"`` → ``tl.score_imputation(truth_layer="total")``.
@@ -185,9 +188,14 @@ def run_job(job: dict) -> dict:
     if task == "denoising":
         return _denoising_job(adata, job, record, options)
     if task == "clustering":
-        sv.pp.normalize(adata)
-        layer = "normalized"
-        impute_kw = {"layer": "normalized"}
+        pipeline = _clustering_pipeline(method, job.get("pipeline"))
+        if pipeline == "total":
+            sv.pp.normalize(adata, method="total", key_added="total")
+            layer, impute_kw = "total", {"layer": "total"}
+        else:
+            sv.pp.normalize(adata)
+            layer, impute_kw = "normalized", {"layer": "normalized"}
+        record["input"] = pipeline
     else:
         sv.pp.normalize(adata, method="total", key_added="total")
         sv.pp.mask_dropouts(adata, layer="total", random_state=seed)
@@ -244,20 +252,37 @@ def run_job(job: dict) -> dict:
             record["val_loss"] = [round(float(v), 6) for v in hist["val_loss"]]
         layer = method
     if task == "clustering":
+        latent_key = f"X_{layer}"
+        if record["input"] == "total":  # a linear layer is clustered on its log1p, as a Scanpy user would
+            import numpy as np
+
+            values = adata.layers[layer]
+            adata.layers[f"{layer}_log1p"] = values.log1p() if hasattr(values, "log1p") else np.log1p(values)
+            layer = f"{layer}_log1p"
         for protocol in ("paper", "leiden"):
             s = sv.tl.score_clustering(adata, layer, protocol=protocol, random_state=seed)
             record.update({f"{protocol}_{k}": v for k, v in s.items() if k in ("ari", "ami", "nmi")})
-        if f"X_{layer}" in adata.obsm:  # the network's latent, clustered as scVI users cluster theirs
+        if latent_key in adata.obsm:  # the network's latent, clustered as scVI users cluster theirs
             import anndata
             import numpy as np
 
-            latent = anndata.AnnData(np.asarray(adata.obsm[f"X_{layer}"]), obs=adata.obs[["cell_type"]].copy())
+            latent = anndata.AnnData(np.asarray(adata.obsm[latent_key]), obs=adata.obs[["cell_type"]].copy())
             s = sv.tl.score_clustering(latent, None, protocol="leiden", random_state=seed)
             record.update({f"latent_leiden_{k}": v for k, v in s.items() if k in ("ari", "ami", "nmi")})
     else:
         s = sv.tl.score_imputation(adata, layer, truth_layer="total")
         record.update({k: v for k, v in s.items() if k in ("mse", "mae", "pearson", "cosine")})
     return record
+
+
+def _clustering_pipeline(method: str, pipeline: str | None) -> str:
+    """The clustering task's input layer: the job's ``pipeline``, else the method's default layer (sqrt for the
+    methods without one)."""
+    if pipeline in (None, "default"):
+        return OURS_DEFAULT_LAYER.get(method, "sqrt")
+    if pipeline not in ("sqrt", "total"):
+        raise SystemExit(f"the clustering task runs the sqrt or total pipeline, not {pipeline!r}.")
+    return pipeline
 
 
 def _train_layer(adata, method: str, counts_layer: str = "mcv_train") -> str:
@@ -273,6 +298,7 @@ def _train_layer(adata, method: str, counts_layer: str = "mcv_train") -> str:
 def _denoising_job(adata, job: dict, record: dict, options: dict) -> dict:
     """The denoising task (molecular cross-validation) for one job."""
     import baselines
+
     import scvgae_sc as sv
 
     method, seed = job["method"], job["seed"]
@@ -429,7 +455,8 @@ def _mean_sd(values: list[float], fmt: str = ".3f") -> str:
 _COST = {"seconds": ".1f", "cpu_seconds": ".1f", "peak_mb": ".0f", "epochs": ".0f"}
 _TABLES = {
     "clustering": (
-        "Clustering (paper protocol on the sqrt layer; Leiden protocol), mean ± sd over seeds:",
+        "Clustering of the imputed layer (paper and Leiden protocols; `[total]`: log1p of a linear layer), mean ± sd "
+        "over seeds:",
         ("paper_ari", "paper_ami", "leiden_ari", "leiden_ami"),
         ("paper ARI", "paper AMI", "Leiden ARI", "Leiden AMI"),
     ),
@@ -439,6 +466,12 @@ _TABLES = {
         ("Pearson", "MSE", "MAE", "cosine"),
     ),
 }
+
+
+def _row_label(r: dict, group: str) -> str:
+    """A table row's name: the record's ``group`` value, and its input pipeline in brackets when one was named."""
+    pipeline = r.get("pipeline")
+    return f"{r[group]} [{pipeline}]" if pipeline not in (None, "default") else str(r[group])
 
 
 def summarize(records: list[dict], group: str = "method") -> str:
@@ -455,7 +488,7 @@ def summarize(records: list[dict], group: str = "method") -> str:
         if not rs:
             continue
         lines.append(f"\n### {ds} ({rs[0]['n_obs']} × {rs[0]['n_vars']} after `pp.filter`)\n")
-        groups = list(dict.fromkeys(r[group] for r in rs))
+        groups = list(dict.fromkeys(_row_label(r, group) for r in rs))
         for task, (title, keys, heads) in _TABLES.items():
             task_rs = [r for r in rs if r["task"] == task]
             if not task_rs:
@@ -463,7 +496,7 @@ def summarize(records: list[dict], group: str = "method") -> str:
             lines += [f"\n{title}\n", f"| {group} | " + " | ".join(heads) + " | wall s | CPU s | peak MB | epochs |"]
             lines.append("|" + " --- |" * (len(keys) + 5))
             for g in groups:
-                sub = [r for r in task_rs if r[group] == g]
+                sub = [r for r in task_rs if _row_label(r, group) == g]
                 if sub:
                     cells = [_mean_sd([r.get(k) for r in sub]) for k in keys]
                     cells += [_mean_sd([r.get(k) for r in sub], fmt) for k, fmt in _COST.items()]
@@ -526,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["default"],
         choices=["default", "sqrt", "log1p", "total"],
-        help="denoising: input layer of scvgae / gnnimpute (default: sqrt / total; 'total' = the linear layer)",
+        help="denoising and clustering: input layer of scvgae / gnnimpute (default: sqrt / total; 'total' = the "
+        "linear layer, clustered on its log1p)",
     )
     p.add_argument(
         "--options",
@@ -567,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def variants(task: str, method: str) -> list[dict]:
         """Per-task extras of a job: the split fraction and, for our methods, the input pipeline."""
+        if task == "clustering":  # a pipeline other than the method's default layer is named in the job
+            own = _clustering_pipeline(method, None)
+            names = dict.fromkeys("default" if pl == own else pl for pl in args.pipelines)
+            return [{} if pl == "default" else {"pipeline": pl} for pl in names]
         if task != "denoising":
             return [{}]
         pipelines = ["default"]

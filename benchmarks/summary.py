@@ -64,10 +64,10 @@ RIVALS = ("magic", "scvi", *BASELINE_METHODS)
 
 
 def record_key(r: dict) -> tuple:
-    """(dataset, seed, task, method), and for the denoising task also the variant, split fraction, pipeline,
+    """(dataset, seed, task, method, pipeline), and for the denoising task also the variant, split fraction,
     options and epoch cap (``bench.job_id``)."""
     if r.get("task") != "denoising":
-        return (r["dataset"], r["seed"], r["task"], r["method"])
+        return (r["dataset"], r["seed"], r["task"], r["method"], r.get("pipeline"))
     return (
         r["dataset"],
         r["seed"],
@@ -312,8 +312,16 @@ def plot(tab: dict, path: Path) -> None:
 #: The model-free rivals of the denoising task (``baselines.DENOISING_RIVALS``): "the best simple rival" of a
 #: dataset is the one of these with the lowest mean MCV loss there.
 SIMPLE_RIVALS = (
-    "knn_lin_1", "knn_lin_2", "knn_lin_3", "knn_log_1", "knn_log_2", "knn_log_3", "pca_log",
-    "knn_explog_1", "knn_explog_2", "knn_explog_3",
+    "knn_lin_1",
+    "knn_lin_2",
+    "knn_lin_3",
+    "knn_log_1",
+    "knn_log_2",
+    "knn_log_3",
+    "pca_log",
+    "knn_explog_1",
+    "knn_explog_2",
+    "knn_explog_3",
 )
 #: Model-free versions of our outputs with the network replaced by the graph (the "network removed" ablations).
 NETWORK_REMOVED = ("knn_post_2",)
@@ -472,9 +480,7 @@ def denoising_section(records: list[dict]) -> str:
                         best[d] = (max if higher else min)(vals)[1]
             lines += [f"{head}:", "", "| method | " + " | ".join(heads) + " |", "|" + " --- |" * (len(heads) + 1)]
             for lbl in labels:
-                cells = [
-                    _fmt(tab[f][d]["rows"].get(lbl, {}).get(key), fmt, bold=best.get(d) == lbl) for d in datasets
-                ]
+                cells = [_fmt(tab[f][d]["rows"].get(lbl, {}).get(key), fmt, bold=best.get(d) == lbl) for d in datasets]
                 lines.append(f"| {lbl} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["Seeds:", "", "| method | " + " | ".join(datasets) + " |", "|" + " --- |" * (len(datasets) + 1)]
@@ -518,9 +524,7 @@ def denoising_summary(files: list[Path], name: str) -> None:
     (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     win = {f"{f:g}": denoising_wins(t) for f, t in tab.items()}
     table_json = {f"{f:g}": t for f, t in tab.items()}
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"inputs": machines, "wins": win, "table": table_json}, indent=1)
-    )
+    (RESULTS / f"{name}.json").write_text(json.dumps({"inputs": machines, "wins": win, "table": table_json}, indent=1))
     print("\n".join(md))
     print(f"wrote {RESULTS / name}.md / .json")
 

@@ -153,6 +153,24 @@ def test_clustering_job_scores_the_latent(mods):
     assert "latent_leiden_ari" not in bench.run_job({**job, "method": "none"})
 
 
+
+def test_clustering_runs_each_method_on_its_default_pipeline(mods, tmp_path, monkeypatch):
+    bench, _, _ = mods
+    job = {"dataset": "pbmc68k", "seed": 0, "task": "clustering", "method": "gnnimpute", "max_epochs": 2}
+    r = bench.run_job({**job, "options": {"max_epochs": 2}})  # GNNImpute: the total layer, clustered on log1p
+    assert r["input"] == "total" and 0 < r["leiden_ari"] <= 1 and 0 < r["latent_leiden_ari"] <= 1
+    none_total, none = (bench.run_job({**job, "method": "none", "pipeline": p}) for p in ("total", None))
+    assert (none_total["input"], none["input"]) == ("total", "sqrt")
+    assert none_total["paper_ari"] != none["paper_ari"]
+    ran = []
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "spawn", lambda j: ran.append((j["method"], j.get("pipeline"))) or {**j, "error": "x"})
+    args = ["--tasks", "clustering", "--datasets", "pbmc68k", "--seeds", "0", "--name", "c"]
+    bench.main([*args, "--methods", "none", "scvgae", "gnnimpute", "--pipelines", "default", "total"])
+    assert ran == [("none", None), ("none", "total"), ("scvgae", None), ("scvgae", "total"), ("gnnimpute", None)]
+    with pytest.raises(SystemExit, match="sqrt or total"):
+        bench.run_job({**job, "pipeline": "log1p"})
+
 def test_peer_scale_for_the_denoising_task(mods, split):
     bench, _, _ = mods
     import peers
