@@ -210,9 +210,9 @@ class GNNImputeModule(nn.Module):
         self.decoder = nn.Sequential(
             nn.Linear(latent, hidden),
             nn.BatchNorm1d(hidden),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),  # (neither BatchNorm1d nor Linear needs its output for the gradient)
             nn.Linear(hidden, self.n_genes),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
 
     def attention_graph(self, edge_index: torch.Tensor, num_nodes: int) -> AttentionGraph | None:
@@ -297,7 +297,7 @@ class GNNImputeModule(nn.Module):
         out
             Output of :meth:`forward` (``recon`` times the size factors).
         rows
-            The cells the first term covers (indices or a boolean mask of ``out["recon"]``'s rows).
+            The cells the first term covers (indices, a boolean mask or a slice of ``out["recon"]``'s rows).
         rows_target
             ``(len(rows), n_genes)`` target of those rows (the input layer times the size factors).
         hidden

@@ -226,8 +226,14 @@ class GNNImputePlan:
         self.n_genes = x.shape[1]
         train_cells, val_cells = cells
         self.train_rows, self.val_rows = (torch.from_numpy(np.flatnonzero(m)).to(dev) for m in cells)
+        # all cells train (the molecules objective's default): a slice, so that losses take views, not row copies
+        self.train_index = slice(None) if bool(train_cells.all()) else self.train_rows
         # the layer on the count scale (for a "total" layer, the counts): what decoder output × size factor is fit to
-        self.train_target, self.val_target = (target[r] * sf[r].unsqueeze(1) for r in (self.train_rows, self.val_rows))
+        # (the molecules objective fits held-out molecules instead)
+        self.train_target = self.val_target = None
+        if molecules is None:
+            rows = (self.train_rows, self.val_rows)
+            self.train_target, self.val_target = (target[r] * sf[r].unsqueeze(1) for r in rows)
         self.observed = torch.nonzero(target.reshape(-1) > 0).squeeze(1)  # flat indices of the observed non-zeros
         cell_of = self.observed // self.n_genes
         self.in_train = torch.from_numpy(train_cells).to(dev)[cell_of]
@@ -275,7 +281,7 @@ class GNNImputePlan:
         if self.molecules is not None:
             x_in, held_out, factors = self.molecules.draw()
             out = module(x_in, self.edge_index, factors)
-            return self.model.imputation_loss(out, self.train_rows, held_out[self.train_rows])
+            return self.model.imputation_loss(out, self.train_index, held_out[self.train_index])
         hidden = self.draw_mask() if self.use_mask else None
         out = module(self.corrupt(hidden), self.edge_index, self.sf)
         return self.losses(out, self.train_rows, self.train_target, hidden & self.in_train if self.use_mask else None)
