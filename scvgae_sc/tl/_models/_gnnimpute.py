@@ -269,7 +269,7 @@ def predict_gnnimpute(
     weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean, ``fill_symmetric`` whether that
     neighbourhood is a walk on the symmetrized, unweighted graph (:class:`Neighbourhood`; the defaults are those of
     models saved before these options existed). The one prediction path of
-    :meth:`GNNImputeModel.train` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
+    a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
     runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory). With ``theta`` (the
     per-gene dispersion, ``posterior=True``) the denoised output is the posterior given each cell's counts
     (``evidence``), the decoder output its prior mean (:func:`~scvgae_sc.tl._output.nb_posterior`).
@@ -305,8 +305,12 @@ class GNNImputeModel(ImputationModel):
 
     The network is :class:`~scvgae_sc.nn.GNNImputeModule`.
 
-    Trained by :meth:`train` (what ``tl.impute(method="gnnimpute")`` runs) with early stopping on held-out cells;
-    see :func:`gnnimpute_options` for the options.
+    Built from an AnnData and the options of :func:`gnnimpute_options` (see :class:`~scvgae_sc.tl.ImputationModel`
+    for the constructor), then trained by :meth:`~scvgae_sc.tl.ImputationModel.train`;
+    ``tl.impute(method="gnnimpute")`` does both::
+
+        model = GNNImputeModel(adata, layer="total", counts_layer="counts")
+        model.train()
     """
 
     method = "gnnimpute"
@@ -339,28 +343,19 @@ class GNNImputeModel(ImputationModel):
         _, imputed, latent = predict_gnnimpute(self.module, x, edge_index, target, graph=self.graph, **pk)
         return imputed, latent
 
-    @classmethod
-    def train(
-        cls,
-        X,
-        counts,
-        *,
-        options: GNNImputeOptions,
-        provided_graph: tuple[sparse.csr_matrix, dict] | None,
-        normalization: str | None,
-        max_epochs: int | None,
-        device: Any,
-        random_state: int | None,
-        batch_labels: np.ndarray | None = None,
-        out: np.ndarray | None = None,
+    def _fit(
+        self, options: GNNImputeOptions, *, max_epochs: int | None, device: Any, random_state: int | None, out=None
     ) -> ImputeResult:
-        """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``, and impute.
+        """Train GNNImpute on the input layer and the counts read by the constructor, and impute.
 
-        ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per batch.
-        ``out`` is not used (the result is copied to a file by the caller).
+        With batch labels the graph built here is built per batch and size factors are per batch. ``out`` is not
+        used (the result is copied to a file by the caller).
         """
         from ...nn import resolve_device
 
+        inputs = self._inputs
+        X, counts, provided_graph, batch_labels = (inputs[k] for k in ("X", "counts", "graph", "labels"))
+        normalization = inputs["normalization"]
         run = _GNNImputeRun(options, X.shape, max_epochs, normalization, random_state)
         run.check(provided_graph)
         dev = resolve_device(device)

@@ -245,7 +245,7 @@ def predict_scvgae(
 ):
     """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
 
-    The one prediction path of :meth:`SCVGAEModel.train` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    The one prediction path of a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
     ``fill_gate`` and ``graph_weight`` need the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` and
     ``graph_weight`` are the fitted weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean
     (the defaults, 1, 0 and 1, are those of models saved before either existed); ``chunk`` rows go through the
@@ -277,7 +277,12 @@ def predict_scvgae(
 class SCVGAEModel(ImputationModel):
     """scVGAE (Inoue, 2024): a GCN encoder with zero-inflated negative binomial heads (:class:`~scvgae_sc.nn.SCVGAE`).
 
-    Trained by :meth:`train` (what ``tl.impute(method="scvgae")`` runs); see :func:`scvgae_options` for the options.
+    Built from an AnnData and the options of :func:`scvgae_options` (see :class:`~scvgae_sc.tl.ImputationModel`
+    for the constructor), then trained by :meth:`~scvgae_sc.tl.ImputationModel.train`; ``tl.impute(method="scvgae")``
+    does both::
+
+        model = SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill", fill_gate=0.4)
+        model.train(max_epochs=100)
     """
 
     method = "scvgae"
@@ -316,39 +321,29 @@ class SCVGAEModel(ImputationModel):
             self.module.reset_cache()
         return predict_scvgae(self.module, x, edge_index, edge_weight, graph=self.graph, **pk)
 
-    @classmethod
-    def train(
-        cls,
-        X,
-        counts,
-        *,
-        options: SCVGAEOptions,
-        provided_graph: tuple[sparse.csr_matrix, dict] | None,
-        normalization: str | None,
-        max_epochs: int | None,
-        device: Any,
-        random_state: int | None,
-        out: np.ndarray | None = None,
-        batch_labels: np.ndarray | None = None,
+    def _fit(
+        self, options: SCVGAEOptions, *, max_epochs: int | None, device: Any, random_state: int | None, out=None
     ) -> ImputeResult:
-        """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``, and impute.
+        """Train scVGAE on the input layer and the counts read by the constructor, and impute.
 
         ``out``: a preallocated float32 array (e.g. a :class:`numpy.memmap`) for the imputed matrix, subgraph
-        mode only. ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per
-        batch. ``provided_graph``: the ``(adjacency, info)`` to train on instead of building one.
+        mode only. With batch labels the graph built here is built per batch and size factors are per batch; a
+        graph given by ``graph_key`` is trained on instead of building one.
         """
         import torch
 
         from ...nn import resolve_device
 
-        run = _SCVGAERun(options, X.shape, max_epochs, normalization, random_state)
+        inputs = self._inputs
+        X, counts, provided_graph, batch_labels = (inputs[k] for k in ("X", "counts", "graph", "labels"))
+        run = _SCVGAERun(options, X.shape, max_epochs, inputs["normalization"], random_state)
         run.check(provided_graph)
         dev = resolve_device(device)
         Xm = scvgae_input(X, run.transform)
         A, graph_info = run.graph(provided_graph, Xm, batch_labels)
         if random_state is not None:
             torch.manual_seed(int(random_state))
-        model = cls.build_module(run.module_kwargs)
+        model = self.build_module(run.module_kwargs)
         model.train_decoder = run.alpha > 0 or run.mask_rate > 0  # else no loss term reads the decoder
         trainer = run.trainer(model, dev)
         logg_start = logg.info(
