@@ -10,18 +10,8 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from ..._utils import to_dense_array
-from .._common import (
-    Neighbourhood,
-    edge_tensors,
-    fit_fill_weights,
-    gated,
-    history_arrays,
-    neighbourhood_at,
-    progress_enabled,
-    resolve_graph,
-    size_factors,
-)
-from .._output import Evidence, finish_blocks, nb_dispersion, nb_posterior_rows
+from .._common import edge_tensors, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._output import Evidence, finish_blocks, fit_fill_flat, nb_dispersion, nb_posterior_rows
 from ._base import ImputationModel, ImputeResult
 from ._gnnimpute_subgraph import graph_forward
 from ._options import GNNImputeOptions, check_split
@@ -597,22 +587,12 @@ def _fit_fill(run: _GNNImputeRun, plan: GNNImputePlan, trainer, A) -> tuple[floa
     """Fill weights ``(fill_scale, graph_weight)`` on a fresh mask of the observed non-zeros (``(1, 0)``: no fit).
 
     The weights from fill values (and the graph's neighbourhood mean, computed without the hidden entries) to the
-    hidden values. ``fill_scale="auto"`` alone does not fit a scale: the model is trained on the layer's own scale.
+    hidden values (:func:`~scvgae_sc.tl._output.fit_fill_flat`). ``fill_scale="auto"`` alone does not fit a scale:
+    the model is trained on the layer's own scale.
     """
     if not run.fit_fill:
         return 1.0, 0.0
-    hidden = plan.draw_mask()
-    flat = plan.observed[hidden]
+    hidden = plan.draw_mask()  # a fresh mask of the observed non-zeros
     recon = trainer.predict(lambda m: plan.forward(m, plan.corrupt(hidden)))["recon"]
-    pred = recon.float().reshape(-1)[flat].clamp_min(0)
-    graph_col = None
-    target = plan.target
-    if run.gate > 0 or run.graph_fill:
-        visible = target > 0
-        visible.view(-1)[flat] = False
-        hood = Neighbourhood(A, target.device, run.fill_hops, symmetric=True)
-        rate, graph_mean = neighbourhood_at(hood, target, visible, flat, with_mean=run.graph_fill)
-        pred = gated(pred, rate, run.gate)
-        graph_col = gated(graph_mean, rate, run.gate) if run.graph_fill else None
-        del visible, hood
-    return fit_fill_weights(pred, graph_col, target.reshape(-1)[flat])
+    kwargs = {"fill_gate": run.gate, "fill_hops": run.fill_hops, "graph_fill": run.graph_fill}
+    return fit_fill_flat(recon, plan.target, plan.observed[hidden], A, **kwargs)

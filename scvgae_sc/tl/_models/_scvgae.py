@@ -8,21 +8,11 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._common import (
-    dense_tensor,
-    edge_tensors,
-    fit_fill_weights,
-    gated,
-    history_arrays,
-    progress_enabled,
-    resolve_graph,
-    size_factors,
-)
-from .._output import Evidence, finish_dense, layer_values, neighbourhood, prediction
-from .._output import fill as fill_values
+from .._common import dense_tensor, edge_tensors, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._output import Evidence, finish_dense, fit_fill_dense, prediction
 from ._base import ImputationModel, ImputeResult
 from ._options import SCVGAE_AUTO_TRAINING, SCVGAEOptions
-from ._plans import SCVGAEPlan, hide_observed
+from ._plans import SCVGAEPlan
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -190,28 +180,6 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int, output: str = "
     finally:
         module.train(was_training)
     return recon, z.float()
-
-
-def _fit_fill_weights(
-    module, x, observed_flat, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
-) -> tuple[float, float]:
-    """Fill weights ``(fill_scale, graph_weight)`` fitted on freshly hidden observed entries (input layer's scale).
-
-    One more pass with a new random ``mask_rate`` of the observed non-zeros hidden: the non-negative
-    least-squares weights that best map the model's fill values for them (and, with ``graph_fill``, the graph's
-    neighbourhood mean, computed without them) to their values, which neither saw. Only observed data are used.
-    """
-    transform, gate, hops = fill_kwargs["transform"], fill_kwargs["fill_gate"], fill_kwargs.pop("fill_hops")
-    hidden, x_in = hide_observed(x, observed_flat, mask_rate, gen)
-    visible = x_in > 0
-    rate, graph_mean = neighbourhood(
-        graph, x_in, visible, transform=transform, fill_gate=gate, fill_hops=hops, graph_fill=graph_fill
-    )
-    recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
-    pred = fill_values(recon, None, visible, fill_scale=1.0, rate=rate, **fill_kwargs)[hidden]
-    del recon, x_in, visible
-    graph_col = gated(graph_mean, rate, gate)[hidden] if graph_fill else None
-    return fit_fill_weights(pred, graph_col, layer_values(x[hidden], transform))
 
 
 def scvgae_input(X, transform: str):
@@ -551,19 +519,11 @@ def _fit_full(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev)
     history = trainer.fit(plan)
     del c, sf, plan.counts, plan.sf
     weights = (1.0, 0.0)
-    if run.fit_scale:
-        weights = _fit_fill_weights(
-            model,
-            x,
-            plan.observed_flat,
-            edge_index,
-            edge_weight,
-            mask_rate=run.mask_rate,
-            gen=gen,
-            chunk=run.chunk,
-            graph=A,
-            **run.fill_kwargs,
-        )
+    if run.fit_scale:  # on a fresh mask: entries the network never saw
+        hidden, x_in = plan.hide()
+        recon, _ = _reconstruct(model, x_in, edge_index, edge_weight, run.chunk)
+        weights = fit_fill_dense(recon, x, x_in, hidden, A, **run.fill_kwargs)
+        del recon, x_in, hidden
         logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
     return history, weights, x, (edge_index, edge_weight)
 
@@ -580,12 +540,6 @@ def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, 
     sf_host = size_factors(counts, batch_labels) if counts_csr is not None else None
     sampler = SubgraphSampler(gcn_adjacency(A))
     rng = np.random.default_rng(run.random_state)
-    loss_kwargs = run.loss_kwargs
-
-    def loss_fn(out, xb, cb, sfb, hidden_rows):
-        cb = xb if cb is None else cb
-        return model.loss(out, xb, cb, sfb, hidden=hidden_rows, **loss_kwargs)
-
     train_step = subgraph_train_step(
         model,
         sampler,
@@ -598,7 +552,7 @@ def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, 
         mask_rate=run.mask_rate,
         mask_weight=run.mask_weight,
         rng=rng,
-        loss_fn=loss_fn,
+        loss_kwargs=run.loss_kwargs,
         chunk=run.chunk,
     )
     history = trainer.fit(train_step)
