@@ -1,8 +1,8 @@
-"""The base class of the imputation methods: a registry by method name, training results, save / load, predict.
+"""The base class of the imputation methods: a registry by method name, construction, training, save / load, predict.
 
 One subclass per method (:class:`~scvgae_sc.tl._models.SCVGAEModel`, :class:`~scvgae_sc.tl._models.GNNImputeModel`)
-registers itself under its method name; :func:`scvgae_sc.tl.impute` looks the class up by that name, so a new method
-is a new subclass and nothing else.
+registers itself under its method name; :func:`scvgae_sc.tl.impute` looks the class up by that name, builds it from
+the AnnData and the options, trains it and writes the result, so a new method is a new subclass and nothing else.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _REGISTRY: dict[str, type[ImputationModel]] = {}
 
 @dataclass
 class ImputeResult:
-    """What a method's training hands back to :func:`~scvgae_sc.tl.impute` (tensors converted to NumPy)."""
+    """What a method's training run hands back to :meth:`ImputationModel.train` (tensors converted to NumPy)."""
 
     imputed: np.ndarray
     latent: np.ndarray
@@ -372,9 +372,10 @@ class ImputationModel:
         return dict(self.config["params"])
 
     def __repr__(self) -> str:
+        trained = f"trained with scvgae-sc {self.config.get('version', '?')}" if self.is_trained else "not trained"
         return (
             f"ImputationModel(method={self.method!r}, n_obs={self.n_obs}, n_vars={self.n_vars}, "
-            f"layer={self.layer!r}, trained with scvgae-sc {self.config.get('version', '?')})"
+            f"layer={self.layer!r}, {trained})"
         )
 
     # ------------------------------------------------------------------ training
