@@ -298,16 +298,57 @@ def gated(values, rate, gate: float):
     return values * gate_factor(rate, gate) if gate > 0 else values
 
 
+class FillWeightFit:
+    """Non-negative least-squares fill weights ``(w_model, w_graph)``, accumulated over chunks of hidden entries.
+
+    ``w_model · pred + w_graph · graph_mean ≈ truth`` over freshly hidden observed values: each chunk adds the sums
+    of products of its columns (:meth:`add`), :meth:`weights` solves. Without the graph column (``graph_fill=False``)
+    the single factor of :func:`least_squares_scale` and weight 0. Every data path (the whole matrix, flat entries,
+    chunks of cells) of every method fits its fill weights here.
+
+    Parameters
+    ----------
+    graph_fill
+        Whether the graph's neighbourhood mean is a second column.
+    """
+
+    def __init__(self, graph_fill: bool) -> None:
+        self.graph_fill = bool(graph_fill)
+        #: a·a, b·b, a·b, a·t, b·t (a: model fill, b: graph fill, t: truth)
+        self.sums = np.zeros(5)
+
+    def add(self, pred, graph_mean, truth) -> None:
+        """Add a chunk: the model's fill values, the graph's (``None`` without it) and the hidden values.
+
+        Tensors (summed in float64 by torch) or float64 NumPy arrays, over the same entries.
+        """
+        if isinstance(pred, np.ndarray):
+            b = graph_mean if graph_mean is not None else np.zeros_like(pred)
+            self.sums += [pred @ pred, b @ b, pred @ b, pred @ truth, b @ truth]
+        elif graph_mean is None:  # torch: the sums of least_squares_scale
+            pred, truth = pred.double(), truth.double()
+            self.sums += [float(pred.pow(2).sum()), 0.0, 0.0, float((pred * truth).sum()), 0.0]
+        else:
+            a, b, t = pred.double(), graph_mean.double(), truth.double()
+            self.sums += [float(u.dot(v)) for u, v in ((a, a), (b, b), (a, b), (a, t), (b, t))]
+
+    def weights(self) -> tuple[float, float]:
+        """The fitted ``(w_model, w_graph)`` (``(1, 0)`` when nothing was added)."""
+        aa, _, _, at, _ = self.sums
+        if not self.graph_fill:
+            return (float(at) / float(aa) if aa > 0 else 1.0), 0.0
+        return fill_weights_from_sums(*map(float, self.sums))
+
+
 def fit_fill_weights(pred, graph_mean, truth) -> tuple[float, float]:
     """Non-negative least-squares weights ``(w_model, w_graph)`` of ``w_model · pred + w_graph · graph_mean ≈ truth``.
 
     Tensors over the same entries (freshly hidden observed values and their fills). ``graph_mean=None``: the
-    single factor of :func:`least_squares_scale` and weight 0.
+    single factor of :func:`least_squares_scale` and weight 0. One chunk of :class:`FillWeightFit`.
     """
-    if graph_mean is None:
-        return least_squares_scale(pred, truth), 0.0
-    a, b, t = pred.double(), graph_mean.double(), truth.double()
-    return fill_weights_from_sums(*(float(u.dot(v)) for u, v in ((a, a), (b, b), (a, b), (a, t), (b, t))))
+    fit = FillWeightFit(graph_mean is not None)
+    fit.add(pred, graph_mean, truth)
+    return fit.weights()
 
 
 def fill_weights_from_sums(aa: float, bb: float, ab: float, at: float, bt: float) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._utils import median_positive
-from ._common import Neighbourhood, column_blocks, gate_factor, gated
+from ._common import FillWeightFit, Neighbourhood, column_blocks, gate_factor, gated, neighbourhood_at
 
 if TYPE_CHECKING:
     import torch
@@ -270,6 +270,73 @@ def finish_host(out: np.ndarray, x: np.ndarray, *, output: str, calibrate: bool,
         np.clip(out[rows], 0, None, out=out[rows])
         if transform == "log1p":
             np.expm1(out[rows], out=out[rows])
+
+
+def fit_fill_dense(
+    recon, x, x_in, hidden, graph, *, transform: str, fill_gate: float, fill_hops: int, graph_fill: bool
+) -> tuple[float, float]:
+    """Fill weights ``(fill_scale, graph_weight)`` from a whole-matrix reconstruction of freshly hidden entries.
+
+    ``recon`` is the network's reconstruction (in place) of ``x_in``, the model input ``x`` with the ``hidden``
+    entries (a boolean matrix) set to 0. The fill values of the hidden entries (and, with ``graph_fill``, the
+    graph's neighbourhood mean computed without them) are fitted to their values on the input layer's scale
+    (:class:`~scvgae_sc.tl._common.FillWeightFit`), which the network never saw.
+    """
+    visible = x_in > 0
+    rate, graph_mean = neighbourhood(
+        graph, x_in, visible, transform=transform, fill_gate=fill_gate, fill_hops=fill_hops, graph_fill=graph_fill
+    )
+    graph_col = None
+    if graph_fill:
+        graph_col = gated(graph_mean[hidden], rate[hidden], fill_gate)
+    del graph_mean
+    pred = fill(recon, None, visible, transform=transform, fill_gate=fill_gate, fill_scale=1.0, rate=rate)[hidden]
+    fit = FillWeightFit(graph_fill)
+    fit.add(pred, graph_col, layer_values(x[hidden], transform))
+    return fit.weights()
+
+
+def fit_fill_flat(
+    recon, target, flat, graph, *, fill_gate: float, fill_hops: int, graph_fill: bool, symmetric: bool = True
+) -> tuple[float, float]:
+    """Fill weights ``(fill_scale, graph_weight)`` from a prediction on the input layer's scale, at flat entries.
+
+    ``recon`` is the network's output for the input without the entries ``flat`` (flat indices of observed
+    non-zeros of ``target``, the input layer); the neighbourhood statistics (a walk on the symmetrized graph with
+    ``symmetric``) are computed without them too, on blocks of genes.
+    """
+    pred = recon.float().reshape(-1)[flat].clamp_min(0)
+    graph_col = None
+    if fill_gate > 0 or graph_fill:
+        visible = target > 0
+        visible.view(-1)[flat] = False
+        hood = Neighbourhood(graph, target.device, fill_hops, symmetric=symmetric)
+        rate, graph_mean = neighbourhood_at(hood, target, visible, flat, with_mean=graph_fill)
+        pred = gated(pred, rate, fill_gate)
+        graph_col = gated(graph_mean, rate, fill_gate) if graph_fill else None
+        del visible, hood
+    fit = FillWeightFit(graph_fill)
+    fit.add(pred, graph_col, target.reshape(-1)[flat])
+    return fit.weights()
+
+
+def add_fill_rows(
+    fit: FillWeightFit, recon, x_rows: np.ndarray, hidden_rows: np.ndarray, stats, *, transform: str, fill_gate: float
+) -> None:
+    """Add a chunk of cells to a fill-weight fit: their reconstruction ``recon`` of the input with entries hidden.
+
+    ``x_rows``: the chunk's model input before hiding (NumPy), ``hidden_rows`` its hidden entries, ``stats`` the
+    rows' ``(rate, graph_mean)`` computed without them (either ``None`` when unused).
+    """
+    rate, graph_mean = stats
+    kwargs = {"transform": transform, "fill_gate": fill_gate, "fill_scale": 1.0, "graph_weight": 0.0}
+    pred = finish_rows(recon, None, (rate, None), output="fill", **kwargs)
+    a = pred.cpu().numpy()[hidden_rows].astype(np.float64)
+    t = x_rows[hidden_rows].astype(np.float64)
+    if transform == "log1p":
+        t = np.expm1(t)
+    b = gated(graph_mean, rate, fill_gate)[hidden_rows].astype(np.float64) if fit.graph_fill else None
+    fit.add(a, b, t)
 
 
 def finish_blocks(

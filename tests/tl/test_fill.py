@@ -8,6 +8,7 @@ import torch
 from scipy import sparse
 
 from scvgae_sc.tl._common import (
+    FillWeightFit,
     Neighbourhood,
     fill_weights_from_sums,
     fit_fill_weights,
@@ -51,6 +52,20 @@ def test_fill_weights_are_the_least_squares_solution():
     # without the graph column: one factor
     w1 = fit_fill_weights(torch.from_numpy(a), None, torch.from_numpy(t))
     assert w1[1] == 0.0 and w1[0] == pytest.approx(float(a @ t / (a @ a)))
+
+
+@pytest.mark.parametrize("graph_fill", [True, False])
+def test_fill_weights_accumulated_over_chunks(graph_fill):
+    """Chunks of NumPy columns (cell subgraphs) give the one-shot fit of the tensors (the whole matrix)."""
+    rng = np.random.default_rng(2)
+    a, b = rng.gamma(2.0, 1.0, 600), rng.gamma(2.0, 1.0, 600)
+    t = 0.6 * a + 0.3 * b + rng.normal(0, 0.1, 600)
+    fit = FillWeightFit(graph_fill)
+    for part in np.array_split(np.arange(600), 7):
+        fit.add(a[part], b[part] if graph_fill else None, t[part])
+    whole = fit_fill_weights(torch.from_numpy(a), torch.from_numpy(b) if graph_fill else None, torch.from_numpy(t))
+    np.testing.assert_allclose(fit.weights(), whole, rtol=1e-10)
+    assert FillWeightFit(graph_fill).weights() == ((0.0, 0.0) if graph_fill else (1.0, 0.0))  # nothing added
 
 
 def test_fill_weights_stay_non_negative():

@@ -241,10 +241,10 @@ def test_too_few_cells(snapshot, prepared, n_cells, kwargs, match):
 
 def test_graph_of_wrong_size_refused(snapshot, prepared, monkeypatch):
     """anndata keeps obsp aligned, so a mismatched graph can only come from elsewhere: the runner refuses it too."""
-    impute_module = importlib.import_module("scvgae_sc.tl._impute")
+    inputs_module = importlib.import_module("scvgae_sc.tl._inputs")
     sv.pp.cell_graph(prepared, layer="total", n_neighbors=5, key_added="g")
     wrong = sparse.identity(prepared.n_obs - 1, format="csr", dtype=np.float32)
-    monkeypatch.setattr(impute_module, "graph_from_key", lambda adata, key: (wrong, {"key": key}))
+    monkeypatch.setattr(inputs_module, "graph_from_key", lambda adata, key: (wrong, {"key": key}))
     snap = snapshot(prepared)
     with pytest.raises(ValueError, match="699 × 699.*700 cells"):
         sv.tl.impute(prepared, method="gnnimpute", layer="total", graph_key="g", max_epochs=1, progress_bar=False)

@@ -183,3 +183,49 @@ def test_memory_guard_refuses_with_the_figure(trained, snapshot, monkeypatch):
 def test_available_memory_is_a_positive_number():
     avail = _utils.available_memory()
     assert avail is None or avail > 1e6
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_built_trained_and_applied_as_a_class(trained, method, tmp_path):
+    """The class API (built from the AnnData and typed options, then trained) gives tl.impute's matrix."""
+    adata, _ = trained
+    cls = ImputationModel.registered(method)
+    options = cls.options_class.from_kwargs(progress_bar=False)
+    model = cls(adata, layer=METHODS[method], counts_layer="counts", options=options)
+    assert not model.is_trained and model.adata is adata and model.options is options
+    assert (model.n_obs, model.n_vars) == adata.shape and model.layer == METHODS[method]
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.predict()
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.save(tmp_path / "untrained")
+    before = {k: v.copy() for k, v in adata.layers.items()}
+    model.train(max_epochs=2, device="cpu")
+    assert model.is_trained and set(adata.layers) == set(before)  # training writes nothing into adata
+    # the same run as tl.impute's: the matrix it wrote, bit for bit, and the same parameters
+    np.testing.assert_array_equal(model.predict(device="cpu"), adata.layers[method])
+    np.testing.assert_array_equal(model.get_latent_representation(device="cpu"), adata.obsm[f"X_{method}"])
+    assert model.params == adata.uns[method]["params"]
+    model.save(tmp_path / "model")
+    loaded = ImputationModel.load(tmp_path / "model")
+    assert loaded.adata is None and loaded.is_trained
+    with pytest.raises(ValueError, match="pass the AnnData"):
+        loaded.predict()
+    with pytest.raises(RuntimeError, match="cannot be trained again"):
+        loaded.train()
+
+
+def test_options_as_typed_groups_or_keywords(trained):
+    adata, _ = trained
+    cls = ImputationModel.registered("scvgae")
+    typed = cls.options_class.from_kwargs(output="fill", fill_gate=0.2)
+    by_keyword = cls(adata, options=typed, fill_gate=0.3).options  # keywords change the typed options
+    assert by_keyword.as_dict()["fill_gate"] == 0.3 and by_keyword.as_dict()["output"] == "fill"
+    assert cls(adata, output="fill", fill_gate=0.2).options == typed
+    with pytest.raises(TypeError, match="SCVGAEOptions"):
+        cls(adata, options=ImputationModel.registered("gnnimpute").options_class.from_kwargs())
+    with pytest.raises(TypeError, match="Unknown option"):
+        cls(adata, hiden=3)
+    with pytest.raises(ValueError, match="no layer"):
+        cls(adata, layer="missing")
+    with pytest.raises(TypeError, match="base class"):
+        ImputationModel(adata)

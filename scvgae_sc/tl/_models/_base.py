@@ -1,8 +1,8 @@
-"""The base class of the imputation methods: a registry by method name, training results, save / load, predict.
+"""The base class of the imputation methods: a registry by method name, construction, training, save / load, predict.
 
 One subclass per method (:class:`~scvgae_sc.tl._models.SCVGAEModel`, :class:`~scvgae_sc.tl._models.GNNImputeModel`)
-registers itself under its method name; :func:`scvgae_sc.tl.impute` looks the class up by that name, so a new method
-is a new subclass and nothing else.
+registers itself under its method name; :func:`scvgae_sc.tl.impute` looks the class up by that name, builds it from
+the AnnData and the options, trains it and writes the result, so a new method is a new subclass and nothing else.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from ..._constants import connectivities_key, latent_key
+from ... import _utils
+from ..._constants import COUNTS, NORMALIZED, connectivities_key, latent_key
 from ..._utils import check_adata, check_counts, check_memory, check_nonnegative, get_layer, params_for_uns
 from ..._version import __version__
 from .._common import size_factors
-from .._output import Evidence, finish_denoised
+from .._inputs import read_inputs
+from .._output import Evidence, denoise_scale, finish_denoised
 from ._options import MethodOptions
 
 #: Version of the on-disk format (``major.minor``). A reader refuses a newer major or minor version; a minor
@@ -40,7 +42,7 @@ _REGISTRY: dict[str, type[ImputationModel]] = {}
 
 @dataclass
 class ImputeResult:
-    """What a method's training hands back to :func:`~scvgae_sc.tl.impute` (tensors converted to NumPy)."""
+    """What a method's training run hands back to :meth:`ImputationModel.train` (tensors converted to NumPy)."""
 
     imputed: np.ndarray
     latent: np.ndarray
@@ -69,36 +71,85 @@ def _version_tuple(version: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-class ImputationModel:
-    """A trained imputation model: save it, load it, and re-apply it to the cells it was trained on.
+def check_max_epochs(max_epochs: Any) -> None:
+    """Refuse anything but a positive integer or ``None``."""
+    if max_epochs is not None and (not isinstance(max_epochs, int | np.integer) or max_epochs < 1):
+        raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}.")
 
-    Get one from :func:`scvgae_sc.tl.impute` with ``return_model=True``, or from disk with
-    :meth:`ImputationModel.load`. Both methods are *transductive*: the model holds the cell graph and (scVGAE)
-    a per-cell scale, so it applies to the same cells and genes, in the same order (checked by name), read from
-    the layer it was trained on — e.g. the AnnData read back from a file, with the imputed layer dropped to save
-    space. For a model trained on CPU, :meth:`predict` on CPU gives exactly the matrix :func:`~scvgae_sc.tl.impute`
-    wrote (GPU kernels are not bit-reproducible: expect float32 rounding differences across devices).
+
+def _check_filename(filename: Any, n_ranks: int) -> Path | None:
+    if filename is None:
+        return None
+    if n_ranks > 1:
+        raise ValueError(
+            f"filename= is not supported with {n_ranks} processes (every rank would write the same file); "
+            "impute into memory and write the result from rank 0, or run as one process."
+        )
+    if not isinstance(filename, str | os.PathLike):
+        raise TypeError(f"filename must be a path or None, got {type(filename).__name__}.")
+    filename = Path(filename)
+    if filename.exists():
+        raise ValueError(f"{str(filename)!r} exists; remove it or choose another filename.")
+    if not filename.parent.is_dir():
+        raise ValueError(f"The folder of filename={str(filename)!r} does not exist.")
+    return filename
+
+
+class ImputationModel:
+    """An imputation model: built from the data and its options, trained, then saved, loaded and re-applied.
+
+    Each method is a subclass registered under its name (``ImputationModel.registered("scvgae")``). As scvi-tools'
+    models, it is built from an AnnData and the method's options, then trained::
+
+        SCVGAEModel = sv.tl.ImputationModel.registered("scvgae")
+        model = SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill")
+        model.train(max_epochs=100, device="cpu")
+        imputed = model.predict()  # the cells the model was built on
+        model.save("scvgae_model")
+
+    :func:`scvgae_sc.tl.impute` does exactly this and writes the result into the AnnData; ``return_model=True``
+    returns the model, and :meth:`ImputationModel.load` reads a saved one. Both methods are *transductive*: the
+    model holds the cell graph and (scVGAE) a per-cell scale, so it applies to the same cells and genes, in the
+    same order (checked by name), read from the layer it was trained on — e.g. the AnnData read back from a file,
+    with the imputed layer dropped to save space. For a model trained on CPU, :meth:`predict` on CPU gives exactly
+    the matrix :func:`~scvgae_sc.tl.impute` wrote (GPU kernels are not bit-reproducible: expect float32 rounding
+    differences across devices).
 
     On disk a model is a folder: ``model.json`` (method, module constructor arguments, prediction settings,
     input layer, training parameters, cell and gene names, format and package versions), ``weights.pt``
     (:func:`torch.save` of the module's ``state_dict``), ``graph.npz`` (the cell graph) and ``history.npz``
     (the training curves).
 
-    Each method is a subclass registered under its name (``ImputationModel.registered("scvgae")``); the class
-    attributes below describe the method to :func:`~scvgae_sc.tl.impute` (memory estimate, ``batching="auto"``).
+    The class attributes below describe the method to :func:`~scvgae_sc.tl.impute` (memory estimate,
+    ``batching="auto"``).
 
     Parameters
     ----------
-    module
-        The trained torch module (:class:`~scvgae_sc.nn.SCVGAE` or :class:`~scvgae_sc.nn.GNNImputeModule`).
-    config
-        Everything else needed to rebuild and apply it: ``module_kwargs``, ``predict_kwargs``, ``layer``,
-        ``params``, ``graph_info``, ``obs_names``, ``var_names`` and ``version`` (the package version that
-        trained it).
-    graph
-        The cell graph the model was trained on (CSR).
-    history
-        Per-epoch training curves.
+    adata
+        Annotated data matrix with a normalized ``layer`` and raw counts in ``counts_layer`` (see
+        :func:`scvgae_sc.tl.impute`; a missing layer is an error here, it is not made from the counts).
+        The model keeps a reference to it (:attr:`adata`).
+    layer
+        Normalized layer to impute (``None``: ``X``). Non-negative.
+    counts_layer
+        Raw counts of the same cells and genes (non-negative integers).
+    graph_key
+        Key of a graph from :func:`scvgae_sc.pp.cell_graph` to train on. ``None`` builds the method's own graph
+        (from ``layer``) when training starts.
+    batch_key
+        Column of ``adata.obs`` with each cell's batch (``None``: no batches); see :func:`scvgae_sc.tl.impute`.
+    options
+        The method's typed options (e.g. ``SCVGAEModel.make_options(output="fill")``); ``None``: the defaults.
+    **option_kwargs
+        The method's options as flat keyword arguments, as :func:`scvgae_sc.tl.impute` takes them (see
+        :func:`scvgae_sc.tl.scvgae_options`, :func:`scvgae_sc.tl.gnnimpute_options`); they override ``options``.
+
+    Raises
+    ------
+    TypeError
+        For the base class itself, or an unknown option.
+    ValueError
+        For a missing or invalid layer, counts layer, graph or batch column, or an option out of range.
     """
 
     #: The method's name (the ``method`` of :func:`~scvgae_sc.tl.impute`).
@@ -148,21 +199,88 @@ class ImputationModel:
         """The registered method names."""
         return tuple(sorted(_REGISTRY, key=lambda m: (_REGISTRY[m].listing_order, m)))
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ImputationModel:
+        if not cls.method:
+            raise TypeError("ImputationModel is the base class; use ImputationModel.registered(method) or load().")
+        return super().__new__(cls)
+
     def __init__(
         self,
-        module: Any,
-        config: dict[str, Any],
+        adata: AnnData,
         *,
-        graph: sparse.csr_matrix,
-        history: dict[str, np.ndarray] | None = None,
+        layer: str | None = NORMALIZED,
+        counts_layer: str = COUNTS,
+        graph_key: str | None = None,
+        batch_key: str | None = None,
+        options: MethodOptions | None = None,
+        **option_kwargs: Any,
     ) -> None:
-        if not self.method:
-            raise TypeError("ImputationModel is the base class; use ImputationModel.registered(method) or load().")
+        check_adata(adata, min_obs=2)  # BatchNorm cannot train on one cell
+        self.options = self.make_options(options, **option_kwargs)
+        self.adata: AnnData | None = adata
+        self._inputs: dict[str, Any] | None = read_inputs(adata, layer, counts_layer, graph_key, batch_key)
+        self.module: Any = None
+        self.config: dict[str, Any] = {
+            "layer": layer,
+            "obs_names": [str(x) for x in adata.obs_names],
+            "var_names": [str(x) for x in adata.var_names],
+        }
+        self.graph: sparse.csr_matrix | None = None
+        self.history: dict[str, np.ndarray] = {}
+        self._result: ImputeResult | None = None
+        self._runtime, self._start = 0.0, None
+
+    @classmethod
+    def make_options(cls, options: MethodOptions | None = None, **option_kwargs: Any) -> MethodOptions:
+        """The method's typed options: ``options`` (``None``: the defaults) with ``option_kwargs`` changed.
+
+        Options given in ``option_kwargs`` that the chosen ``output`` does not read are named in a warning.
+
+        Raises
+        ------
+        TypeError
+            For options of another method, or an unknown option.
+        ValueError
+            For a value out of its range or choices.
+        """
+        if options is None:
+            options = cls.options_class.from_kwargs(**option_kwargs)
+        elif not isinstance(options, cls.options_class):
+            raise TypeError(f"options must be {cls.options_class.__name__} or None, got {type(options).__name__}.")
+        elif option_kwargs:
+            options = options.replace(**option_kwargs)
+        if unused := options.unused(option_kwargs):
+            logg.warning(
+                f"{', '.join(unused)}: not used with output={options.as_dict()['output']!r} (see "
+                f"tl.{cls.method}_options()); ignored"
+            )
+        return options
+
+    @classmethod
+    def _trained(
+        cls, module: Any, config: dict[str, Any], *, graph: sparse.csr_matrix, history: dict[str, np.ndarray] | None
+    ) -> ImputationModel:
+        """A trained model from its parts (as :meth:`load` reads them), without an AnnData."""
+        model = cls.__new__(cls)
+        model.options, model.adata, model._inputs, model._result = None, None, None, None
+        model._set_trained(module, config, graph, history)
+        return model
+
+    def _set_trained(self, module: Any, config: dict[str, Any], graph, history) -> None:
         self.module = module.cpu()
         self.module.eval()
         self.config = dict(config)
         self.graph = sparse.csr_matrix(graph, dtype=np.float32)
         self.history = {k: np.asarray(v) for k, v in (history or {}).items()}
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether the model has been trained (or loaded): :meth:`predict` and :meth:`save` need it."""
+        return self.graph is not None
+
+    def _require_trained(self, what: str) -> None:
+        if not self.is_trained:
+            raise RuntimeError(f"The model is not trained yet; call model.train() before {what}.")
 
     # ------------------------------------------------------------------ the method's parts (subclasses)
     @classmethod
@@ -170,9 +288,13 @@ class ImputationModel:
         """The untrained torch module from its constructor arguments (as saved in ``model.json``)."""
         raise NotImplementedError
 
-    @classmethod
-    def train(cls, X, counts, *, options: MethodOptions, **data: Any) -> ImputeResult:
-        """Train on the input layer ``X`` and ``counts`` (see the subclasses) and impute."""
+    def _fit(
+        self, options: MethodOptions, *, max_epochs: int | None, device: Any, random_state: int | None, out
+    ) -> ImputeResult:
+        """Train on the inputs read by the constructor with ``options`` (``batching`` decided) and impute.
+
+        ``out``: a preallocated float32 array for the imputed matrix (methods with :attr:`streams_output`).
+        """
         raise NotImplementedError
 
     def _predict_arrays(self, X, dev, adata: AnnData | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -250,30 +372,188 @@ class ImputationModel:
         return dict(self.config["params"])
 
     def __repr__(self) -> str:
+        trained = f"trained with scvgae-sc {self.config.get('version', '?')}" if self.is_trained else "not trained"
         return (
             f"ImputationModel(method={self.method!r}, n_obs={self.n_obs}, n_vars={self.n_vars}, "
-            f"layer={self.layer!r}, trained with scvgae-sc {self.config.get('version', '?')})"
+            f"layer={self.layer!r}, {trained})"
         )
 
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def _from_result(cls, adata: AnnData, result: ImputeResult, *, layer: str | None, params: dict) -> ImputationModel:
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        device: str = "auto",
+        random_state: int | None = 0,
+        max_memory: float | None = None,
+    ) -> None:
+        """Train the model on the cells it was built on; afterwards :meth:`predict`, :meth:`save` ... work.
+
+        Under ``torchrun`` the processes train data-parallel, as with :func:`scvgae_sc.tl.impute`. Training again
+        starts from a new network.
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum training epochs (``None``: the method's default for the chosen ``output``).
+        device
+            ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        random_state
+            Seed of everything random (graph, weights, dropout, splits, masks). CPU runs with the same seed give
+            identical results.
+        max_memory
+            Bytes of memory the run may take (``None``: the memory available); see :func:`scvgae_sc.tl.impute`.
+            It also decides ``batching="auto"``.
+
+        Raises
+        ------
+        ValueError
+            When the run would not fit ``max_memory``, or the options cannot train on these data.
+        """
+        self._train(max_epochs, device=device, random_state=random_state, max_memory=max_memory)
+        self._result = None  # the training's own imputation is written by tl.impute only
+
+    def _train(
+        self,
+        max_epochs: int | None,
+        *,
+        device: str,
+        random_state: int | None,
+        max_memory: float | None,
+        filename: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """:meth:`train`, keeping the training's imputation of its cells for :meth:`_write_result`."""
+        if self._inputs is None:
+            raise RuntimeError("A loaded model cannot be trained again; build a new one from the AnnData.")
+        check_max_epochs(max_epochs)
+        run = self._prepare_run(device, random_state, filename, max_memory)
+        start = logg.info(f"imputing with {self.method!r}")
+        t0 = time.perf_counter()
+        result = self._train_run(run, max_epochs)
+        self._runtime = time.perf_counter() - t0
+        self._start = start
+        params = self._run_params(result, run["params"], max_epochs)
         state = result.model_state
         if state is None:  # pragma: no cover - every method fills it
-            raise ValueError(f"The {cls.method!r} training returned no model state.")
+            raise ValueError(f"The {self.method!r} training returned no model state.")
         config = {
             "module_kwargs": dict(state["module_kwargs"]),
             "predict_kwargs": dict(state["predict_kwargs"]),
-            "layer": layer,
-            "params": dict(params),
+            "layer": self.layer,
+            "params": params,
             "graph_info": params_for_uns(result.graph_info),
-            "obs_names": [str(x) for x in adata.obs_names],
-            "var_names": [str(x) for x in adata.var_names],
+            "obs_names": self.config["obs_names"],
+            "var_names": self.config["var_names"],
             "trained_on": result.device,
             "denoise": state.get("denoise"),
         }
         config["version"] = __version__
-        return cls(state["module"], config, graph=result.graph, history=result.history)
+        self._set_trained(state["module"], config, result.graph, result.history)
+        self._result = result
+
+    def _prepare_run(self, device, random_state, filename, max_memory) -> dict[str, Any]:
+        """Device, process group, seed, ``batching="auto"`` and the memory check, before anything is allocated."""
+        from ...nn import init_from_env, world_size
+
+        n_obs, n_vars = self._inputs["X"].shape
+        dev = init_from_env(device)  # under torchrun: joins the process group; this rank's device
+        n_ranks = world_size()
+        run_seed = random_state
+        if n_ranks > 1 and random_state is None:  # every rank must draw the same graph, masks, batches and splits
+            from ...nn._distributed import shared_seed
+
+            run_seed = shared_seed()
+        path = _check_filename(filename, n_ranks)
+        budget = _utils.memory_budget(max_memory)
+        batching = self.resolve_batching(self.options.training.batching, n_obs, n_vars, dev.type, budget)
+        options = self.options.replace(batching=batching)
+        to_file = path is not None and batching == "subgraph" and self.streams_output
+        hint = ""
+        if self.streams_output and batching == "subgraph" and path is None:
+            hint = " Or pass filename= to write the imputed matrix to disk instead of memory (one dense copy less)."
+        check_memory(
+            self.memory(n_obs, n_vars, dev.type, batching=batching, to_file=to_file),
+            what=f"Imputing {n_obs} cells × {n_vars} genes with {self.method!r} on {dev.type} (batching={batching!r})",
+            max_memory=max_memory,
+            hint=hint,
+        )
+        params = {"random_state": random_state, "filename": None if path is None else str(path), "world_size": n_ranks}
+        return {"device": dev, "seed": run_seed, "options": options, "path": path, "to_file": to_file, "params": params}
+
+    def _train_run(self, run: dict[str, Any], max_epochs: int | None) -> ImputeResult:
+        """Train and impute; the output goes to ``run["path"]`` when given (removed again on an error)."""
+        path, inputs = run["path"], self._inputs
+        shape = inputs["X"].shape
+        denoise = None
+        if run["options"].output.output == "denoised":  # refused here, before training, if the layer cannot take it
+            denoise = denoise_scale(inputs["counts"], inputs["normalization"], source=self.denoised_source)
+        out = None
+        if run["to_file"]:
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        try:
+            result = self._fit(
+                run["options"], max_epochs=max_epochs, device=run["device"], random_state=run["seed"], out=out
+            )
+        except BaseException:
+            if out is not None:
+                del out
+                path.unlink(missing_ok=True)
+            raise
+        if path is not None and out is None:
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            out[...] = result.imputed
+            result.imputed = out
+        if denoise is not None:
+            finish_denoised(result.imputed, denoise)
+            result.model_state["denoise"] = denoise
+        if out is not None:
+            out.flush()
+            result.imputed = out.view(np.ndarray)
+        return result
+
+    def _run_params(self, result: ImputeResult, run_params: dict[str, Any], max_epochs: int | None) -> dict[str, Any]:
+        """The flat ``params`` of ``uns[key]`` (and of the saved model)."""
+        method_params = dict(result.params)
+        inputs = self._inputs["params"]
+        if inputs["batch_key"] is None:
+            method_params.pop("batch_mode", None)
+        return params_for_uns(
+            {
+                "method": self.method,
+                "layer": inputs["layer"],
+                "counts_layer": inputs["counts_layer"],
+                "graph_key": inputs["graph_key"],
+                "max_epochs": max_epochs,
+                "random_state": run_params["random_state"],
+                "filename": run_params["filename"],
+                "batch_key": inputs["batch_key"],
+                "world_size": run_params["world_size"],
+                **method_params,
+            }
+        )
+
+    def _write_result(self, adata: AnnData, key: str) -> None:
+        """Write the training's imputation of its cells into ``adata`` (what :func:`~scvgae_sc.tl.impute` writes)."""
+        result, self._result = self._result, None
+        if result is None:  # pragma: no cover - tl.impute trains first
+            raise RuntimeError("No training result to write; train the model first.")
+        adata.layers[key] = result.imputed
+        adata.obsm[latent_key(key)] = result.latent
+        adata.obsp[connectivities_key(key)] = result.graph
+        adata.uns[key] = {
+            "params": self.config["params"],
+            "history": {k: np.asarray(v) for k, v in result.history.items()},
+            "graph": params_for_uns(result.graph_info),
+            "device": result.device,
+            "runtime_s": float(self._runtime),
+            "version": __version__,
+        }
+        logg.info(
+            f"    finished ({self._runtime:.1f} s on {result.device})",
+            time=self._start,
+            deep=f"added {key!r} (adata.layers), {latent_key(key)!r} (adata.obsm), "
+            f"{connectivities_key(key)!r} (adata.obsp), {key!r} (adata.uns)",
+        )
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: PathLike[str] | str, *, overwrite: bool = False) -> None:
@@ -288,6 +568,7 @@ class ImputationModel:
         """
         import torch
 
+        self._require_trained("save()")
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"{str(path)!r} exists and is not a folder.")
@@ -379,7 +660,7 @@ class ImputationModel:
         graph = sparse.load_npz(path / _FILES["graph"])
         history_file = path / _FILES["history"]
         history = dict(np.load(history_file)) if history_file.is_file() else {}
-        return model_cls(module, config, graph=graph, history=history)
+        return model_cls._trained(module, config, graph=graph, history=history)
 
     # ------------------------------------------------------------------ apply
     def _check_cells(self, adata: AnnData) -> None:
@@ -402,9 +683,14 @@ class ImputationModel:
                     "same order."
                 )
 
-    def _run(self, adata: AnnData, device: str, max_memory: float | None):
+    def _run(self, adata: AnnData | None, device: str, max_memory: float | None):
         from ...nn import resolve_device
 
+        self._require_trained("predicting")
+        if adata is None:
+            if self.adata is None:
+                raise ValueError("This model was loaded from disk: pass the AnnData of the cells it was trained on.")
+            adata = self.adata
         check_adata(adata)
         self._check_cells(adata)
         layer = self.layer
@@ -430,7 +716,7 @@ class ImputationModel:
 
     def predict(
         self,
-        adata: AnnData,
+        adata: AnnData | None = None,
         *,
         device: str = "auto",
         max_memory: float | None = None,
@@ -442,7 +728,8 @@ class ImputationModel:
         Parameters
         ----------
         adata
-            The cells and genes the model was trained on (checked by name and order).
+            The cells and genes the model was trained on (checked by name and order); ``None``: the AnnData the
+            model was built on (:attr:`adata`; a loaded model has none).
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``, ... On CPU the result equals the training run's exactly.
         max_memory
@@ -457,7 +744,7 @@ class ImputationModel:
 
     def get_latent_representation(
         self,
-        adata: AnnData,
+        adata: AnnData | None = None,
         *,
         device: str = "auto",
         max_memory: float | None = None,
@@ -467,7 +754,8 @@ class ImputationModel:
         Parameters
         ----------
         adata
-            The cells and genes the model was trained on (checked by name and order).
+            The cells and genes the model was trained on (checked by name and order); ``None``: the AnnData the
+            model was built on (:attr:`adata`; a loaded model has none).
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         max_memory

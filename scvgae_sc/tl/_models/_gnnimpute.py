@@ -10,18 +10,8 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from ..._utils import to_dense_array
-from .._common import (
-    Neighbourhood,
-    edge_tensors,
-    fit_fill_weights,
-    gated,
-    history_arrays,
-    neighbourhood_at,
-    progress_enabled,
-    resolve_graph,
-    size_factors,
-)
-from .._output import Evidence, finish_blocks, nb_dispersion, nb_posterior_rows
+from .._common import edge_tensors, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._output import Evidence, finish_blocks, fit_fill_flat, nb_dispersion, nb_posterior_rows
 from ._base import ImputationModel, ImputeResult
 from ._gnnimpute_subgraph import graph_forward
 from ._options import GNNImputeOptions, check_split
@@ -269,7 +259,7 @@ def predict_gnnimpute(
     weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean, ``fill_symmetric`` whether that
     neighbourhood is a walk on the symmetrized, unweighted graph (:class:`Neighbourhood`; the defaults are those of
     models saved before these options existed). The one prediction path of
-    :meth:`GNNImputeModel.train` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
+    a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
     runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory). With ``theta`` (the
     per-gene dispersion, ``posterior=True``) the denoised output is the posterior given each cell's counts
     (``evidence``), the decoder output its prior mean (:func:`~scvgae_sc.tl._output.nb_posterior`).
@@ -305,8 +295,12 @@ class GNNImputeModel(ImputationModel):
 
     The network is :class:`~scvgae_sc.nn.GNNImputeModule`.
 
-    Trained by :meth:`train` (what ``tl.impute(method="gnnimpute")`` runs) with early stopping on held-out cells;
-    see :func:`gnnimpute_options` for the options.
+    Built from an AnnData and the options of :func:`gnnimpute_options` (see :class:`~scvgae_sc.tl.ImputationModel`
+    for the constructor), then trained by :meth:`~scvgae_sc.tl.ImputationModel.train`;
+    ``tl.impute(method="gnnimpute")`` does both::
+
+        model = GNNImputeModel(adata, layer="total", counts_layer="counts")
+        model.train()
     """
 
     method = "gnnimpute"
@@ -339,28 +333,19 @@ class GNNImputeModel(ImputationModel):
         _, imputed, latent = predict_gnnimpute(self.module, x, edge_index, target, graph=self.graph, **pk)
         return imputed, latent
 
-    @classmethod
-    def train(
-        cls,
-        X,
-        counts,
-        *,
-        options: GNNImputeOptions,
-        provided_graph: tuple[sparse.csr_matrix, dict] | None,
-        normalization: str | None,
-        max_epochs: int | None,
-        device: Any,
-        random_state: int | None,
-        batch_labels: np.ndarray | None = None,
-        out: np.ndarray | None = None,
+    def _fit(
+        self, options: GNNImputeOptions, *, max_epochs: int | None, device: Any, random_state: int | None, out=None
     ) -> ImputeResult:
-        """Train GNNImpute on ``X`` (cells × genes, the input layer) and ``counts``, and impute.
+        """Train GNNImpute on the input layer and the counts read by the constructor, and impute.
 
-        ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per batch.
-        ``out`` is not used (the result is copied to a file by the caller).
+        With batch labels the graph built here is built per batch and size factors are per batch. ``out`` is not
+        used (the result is copied to a file by the caller).
         """
         from ...nn import resolve_device
 
+        inputs = self._inputs
+        X, counts, provided_graph, batch_labels = (inputs[k] for k in ("X", "counts", "graph", "labels"))
+        normalization = inputs["normalization"]
         run = _GNNImputeRun(options, X.shape, max_epochs, normalization, random_state)
         run.check(provided_graph)
         dev = resolve_device(device)
@@ -602,22 +587,12 @@ def _fit_fill(run: _GNNImputeRun, plan: GNNImputePlan, trainer, A) -> tuple[floa
     """Fill weights ``(fill_scale, graph_weight)`` on a fresh mask of the observed non-zeros (``(1, 0)``: no fit).
 
     The weights from fill values (and the graph's neighbourhood mean, computed without the hidden entries) to the
-    hidden values. ``fill_scale="auto"`` alone does not fit a scale: the model is trained on the layer's own scale.
+    hidden values (:func:`~scvgae_sc.tl._output.fit_fill_flat`). ``fill_scale="auto"`` alone does not fit a scale:
+    the model is trained on the layer's own scale.
     """
     if not run.fit_fill:
         return 1.0, 0.0
-    hidden = plan.draw_mask()
-    flat = plan.observed[hidden]
+    hidden = plan.draw_mask()  # a fresh mask of the observed non-zeros
     recon = trainer.predict(lambda m: plan.forward(m, plan.corrupt(hidden)))["recon"]
-    pred = recon.float().reshape(-1)[flat].clamp_min(0)
-    graph_col = None
-    target = plan.target
-    if run.gate > 0 or run.graph_fill:
-        visible = target > 0
-        visible.view(-1)[flat] = False
-        hood = Neighbourhood(A, target.device, run.fill_hops, symmetric=True)
-        rate, graph_mean = neighbourhood_at(hood, target, visible, flat, with_mean=run.graph_fill)
-        pred = gated(pred, rate, run.gate)
-        graph_col = gated(graph_mean, rate, run.gate) if run.graph_fill else None
-        del visible, hood
-    return fit_fill_weights(pred, graph_col, target.reshape(-1)[flat])
+    kwargs = {"fill_gate": run.gate, "fill_hops": run.fill_hops, "graph_fill": run.graph_fill}
+    return fit_fill_flat(recon, plan.target, plan.observed[hidden], A, **kwargs)

@@ -2,7 +2,9 @@
 
 A plan is the ``train_step(module, epoch)`` (and ``val_step(module)``) of :class:`~scvgae_sc.nn.Trainer`, as
 scvi-tools' ``TrainingPlan.training_step`` calls ``module.loss``: the plan chooses the cells and the entries hidden
-from the input, the module computes its loss. Tensors only (a SciPy matrix may be read once, when a plan is built).
+from the input, the module computes its loss. The plans also draw the fresh masks that the fill's weights are
+fitted on. Tensors only (a SciPy matrix may be read once, when a plan is built), except :func:`hide_entries`, the
+host-side masks of training on cell subgraphs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,26 @@ def hide_observed(x, observed_flat, mask_rate: float, gen):
     x_in = x.clone()
     x_in.view(-1)[pick] = 0.0
     return hidden, x_in
+
+
+#: Rows drawn at a time by :func:`hide_entries` (keeps the random draws' temporary small).
+_MASK_ROWS = 4096
+
+
+def hide_entries(x: np.ndarray, out: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Copy ``x`` into ``out`` with each non-zero hidden (set to 0) with probability ``rate``; return the mask.
+
+    The host-side (NumPy) counterpart of :func:`hide_observed`, for data kept on the host (cell subgraphs).
+    """
+    hidden = np.empty(x.shape, dtype=bool)
+    for start in range(0, x.shape[0], _MASK_ROWS):
+        sl = slice(start, start + _MASK_ROWS)
+        h = rng.random(x[sl].shape, dtype=np.float32) < rate
+        h &= x[sl] > 0
+        hidden[sl] = h
+        np.copyto(out[sl], x[sl])
+        out[sl][h] = 0.0
+    return hidden
 
 
 class SCVGAEPlan:
@@ -80,6 +102,10 @@ class SCVGAEPlan:
         #: flat indices of the observed non-zeros
         self.observed_flat = torch.nonzero(x.reshape(-1) > 0).squeeze(1)
 
+    def hide(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden, x_in)``: a fresh ``mask_rate`` of the observed entries hidden (:func:`hide_observed`)."""
+        return hide_observed(self.x, self.observed_flat, self.mask_rate, self.gen)
+
     def batch_loss(self, module, x_in, hidden, rows) -> dict[str, torch.Tensor]:
         """The loss of one batch of cells (``rows=None``: all)."""
         out = module(x_in, self.edge_index, self.edge_weight, rows=rows)
@@ -95,7 +121,7 @@ class SCVGAEPlan:
         import torch
 
         if self.mask_rate > 0:
-            hidden, x_in = hide_observed(self.x, self.observed_flat, self.mask_rate, self.gen)
+            hidden, x_in = self.hide()
         else:
             hidden, x_in = None, self.x
         n_cells = self.x.shape[0]

@@ -8,21 +8,11 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._common import (
-    dense_tensor,
-    edge_tensors,
-    fit_fill_weights,
-    gated,
-    history_arrays,
-    progress_enabled,
-    resolve_graph,
-    size_factors,
-)
-from .._output import Evidence, finish_dense, layer_values, neighbourhood, prediction
-from .._output import fill as fill_values
+from .._common import dense_tensor, edge_tensors, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._output import Evidence, finish_dense, fit_fill_dense, prediction
 from ._base import ImputationModel, ImputeResult
 from ._options import SCVGAE_AUTO_TRAINING, SCVGAEOptions
-from ._plans import SCVGAEPlan, hide_observed
+from ._plans import SCVGAEPlan
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -192,28 +182,6 @@ def _reconstruct(module, x, edge_index, edge_weight, chunk: int, output: str = "
     return recon, z.float()
 
 
-def _fit_fill_weights(
-    module, x, observed_flat, edge_index, edge_weight, *, mask_rate, gen, chunk, graph, graph_fill: bool, **fill_kwargs
-) -> tuple[float, float]:
-    """Fill weights ``(fill_scale, graph_weight)`` fitted on freshly hidden observed entries (input layer's scale).
-
-    One more pass with a new random ``mask_rate`` of the observed non-zeros hidden: the non-negative
-    least-squares weights that best map the model's fill values for them (and, with ``graph_fill``, the graph's
-    neighbourhood mean, computed without them) to their values, which neither saw. Only observed data are used.
-    """
-    transform, gate, hops = fill_kwargs["transform"], fill_kwargs["fill_gate"], fill_kwargs.pop("fill_hops")
-    hidden, x_in = hide_observed(x, observed_flat, mask_rate, gen)
-    visible = x_in > 0
-    rate, graph_mean = neighbourhood(
-        graph, x_in, visible, transform=transform, fill_gate=gate, fill_hops=hops, graph_fill=graph_fill
-    )
-    recon, _ = _reconstruct(module, x_in, edge_index, edge_weight, chunk)
-    pred = fill_values(recon, None, visible, fill_scale=1.0, rate=rate, **fill_kwargs)[hidden]
-    del recon, x_in, visible
-    graph_col = gated(graph_mean, rate, gate)[hidden] if graph_fill else None
-    return fit_fill_weights(pred, graph_col, layer_values(x[hidden], transform))
-
-
 def scvgae_input(X, transform: str):
     """The model input: the input layer ``X`` as float32, ``log1p``-transformed when ``transform`` says so."""
     Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
@@ -245,7 +213,7 @@ def predict_scvgae(
 ):
     """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
 
-    The one prediction path of :meth:`SCVGAEModel.train` and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
+    The one prediction path of a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
     ``fill_gate`` and ``graph_weight`` need the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` and
     ``graph_weight`` are the fitted weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean
     (the defaults, 1, 0 and 1, are those of models saved before either existed); ``chunk`` rows go through the
@@ -277,7 +245,12 @@ def predict_scvgae(
 class SCVGAEModel(ImputationModel):
     """scVGAE (Inoue, 2024): a GCN encoder with zero-inflated negative binomial heads (:class:`~scvgae_sc.nn.SCVGAE`).
 
-    Trained by :meth:`train` (what ``tl.impute(method="scvgae")`` runs); see :func:`scvgae_options` for the options.
+    Built from an AnnData and the options of :func:`scvgae_options` (see :class:`~scvgae_sc.tl.ImputationModel`
+    for the constructor), then trained by :meth:`~scvgae_sc.tl.ImputationModel.train`; ``tl.impute(method="scvgae")``
+    does both::
+
+        model = SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill", fill_gate=0.4)
+        model.train(max_epochs=100)
     """
 
     method = "scvgae"
@@ -316,39 +289,29 @@ class SCVGAEModel(ImputationModel):
             self.module.reset_cache()
         return predict_scvgae(self.module, x, edge_index, edge_weight, graph=self.graph, **pk)
 
-    @classmethod
-    def train(
-        cls,
-        X,
-        counts,
-        *,
-        options: SCVGAEOptions,
-        provided_graph: tuple[sparse.csr_matrix, dict] | None,
-        normalization: str | None,
-        max_epochs: int | None,
-        device: Any,
-        random_state: int | None,
-        out: np.ndarray | None = None,
-        batch_labels: np.ndarray | None = None,
+    def _fit(
+        self, options: SCVGAEOptions, *, max_epochs: int | None, device: Any, random_state: int | None, out=None
     ) -> ImputeResult:
-        """Train scVGAE on ``X`` (cells × genes, the input layer) and ``counts``, and impute.
+        """Train scVGAE on the input layer and the counts read by the constructor, and impute.
 
         ``out``: a preallocated float32 array (e.g. a :class:`numpy.memmap`) for the imputed matrix, subgraph
-        mode only. ``batch_labels`` (one per cell): the graph built here is built per batch, size factors are per
-        batch. ``provided_graph``: the ``(adjacency, info)`` to train on instead of building one.
+        mode only. With batch labels the graph built here is built per batch and size factors are per batch; a
+        graph given by ``graph_key`` is trained on instead of building one.
         """
         import torch
 
         from ...nn import resolve_device
 
-        run = _SCVGAERun(options, X.shape, max_epochs, normalization, random_state)
+        inputs = self._inputs
+        X, counts, provided_graph, batch_labels = (inputs[k] for k in ("X", "counts", "graph", "labels"))
+        run = _SCVGAERun(options, X.shape, max_epochs, inputs["normalization"], random_state)
         run.check(provided_graph)
         dev = resolve_device(device)
         Xm = scvgae_input(X, run.transform)
         A, graph_info = run.graph(provided_graph, Xm, batch_labels)
         if random_state is not None:
             torch.manual_seed(int(random_state))
-        model = cls.build_module(run.module_kwargs)
+        model = self.build_module(run.module_kwargs)
         model.train_decoder = run.alpha > 0 or run.mask_rate > 0  # else no loss term reads the decoder
         trainer = run.trainer(model, dev)
         logg_start = logg.info(
@@ -556,19 +519,11 @@ def _fit_full(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev)
     history = trainer.fit(plan)
     del c, sf, plan.counts, plan.sf
     weights = (1.0, 0.0)
-    if run.fit_scale:
-        weights = _fit_fill_weights(
-            model,
-            x,
-            plan.observed_flat,
-            edge_index,
-            edge_weight,
-            mask_rate=run.mask_rate,
-            gen=gen,
-            chunk=run.chunk,
-            graph=A,
-            **run.fill_kwargs,
-        )
+    if run.fit_scale:  # on a fresh mask: entries the network never saw
+        hidden, x_in = plan.hide()
+        recon, _ = _reconstruct(model, x_in, edge_index, edge_weight, run.chunk)
+        weights = fit_fill_dense(recon, x, x_in, hidden, A, **run.fill_kwargs)
+        del recon, x_in, hidden
         logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
     return history, weights, x, (edge_index, edge_weight)
 
@@ -585,12 +540,6 @@ def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, 
     sf_host = size_factors(counts, batch_labels) if counts_csr is not None else None
     sampler = SubgraphSampler(gcn_adjacency(A))
     rng = np.random.default_rng(run.random_state)
-    loss_kwargs = run.loss_kwargs
-
-    def loss_fn(out, xb, cb, sfb, hidden_rows):
-        cb = xb if cb is None else cb
-        return model.loss(out, xb, cb, sfb, hidden=hidden_rows, **loss_kwargs)
-
     train_step = subgraph_train_step(
         model,
         sampler,
@@ -603,7 +552,7 @@ def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, 
         mask_rate=run.mask_rate,
         mask_weight=run.mask_weight,
         rng=rng,
-        loss_fn=loss_fn,
+        loss_kwargs=run.loss_kwargs,
         chunk=run.chunk,
     )
     history = trainer.fit(train_step)

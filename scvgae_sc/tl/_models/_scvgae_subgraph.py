@@ -13,25 +13,10 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from .._common import epoch_steps, fill_weights_from_sums, gated, neighbourhood_operator
-from .._output import finish_host, finish_rows, prediction
+from .._common import FillWeightFit, epoch_steps, neighbourhood_operator
+from .._output import add_fill_rows, finish_host, finish_rows, prediction
 from .._subgraph import SubgraphSampler, gcn_adjacency
-
-#: Rows drawn at a time when hiding entries (keeps the random draws' temporary small).
-_MASK_ROWS = 4096
-
-
-def hide_entries(x: np.ndarray, out: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Copy ``x`` into ``out`` with each non-zero hidden (set to 0) with probability ``rate``; return the mask."""
-    hidden = np.empty(x.shape, dtype=bool)
-    for start in range(0, x.shape[0], _MASK_ROWS):
-        sl = slice(start, start + _MASK_ROWS)
-        h = rng.random(x[sl].shape, dtype=np.float32) < rate
-        h &= x[sl] > 0
-        hidden[sl] = h
-        np.copyto(out[sl], x[sl])
-        out[sl][h] = 0.0
-    return hidden
+from ._plans import hide_entries
 
 
 def _to(a: np.ndarray, dev):
@@ -149,12 +134,6 @@ def _neighbourhood_rows(
     return rows_of
 
 
-def _fill_rows(recon, x_rows, stats, *, transform: str, fill_gate: float, fill_scale: float, graph_weight: float):
-    """The ``output="fill"`` values of a chunk of rows (see :func:`scvgae_sc.tl._output.finish_rows`)."""
-    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
-    return finish_rows(recon, x_rows, stats, output="fill", transform=transform, **fill)
-
-
 def predict_scvgae_subgraph(
     module,
     x: np.ndarray,
@@ -210,30 +189,24 @@ def fit_fill_scale_subgraph(
     fill_hops: int = 1,
     graph_fill: bool = False,
 ) -> tuple[float, float]:
-    """:func:`._scvgae._fit_fill_weights` chunk by chunk: ``(fill_scale, graph_weight)`` on freshly hidden entries."""
+    """Fill weights ``(fill_scale, graph_weight)`` on freshly hidden entries, chunk by chunk of cells.
+
+    The subgraph counterpart of :func:`~scvgae_sc.tl._output.fit_fill_dense`: a fresh ``mask_rate`` of the observed
+    entries of ``x`` is hidden into ``x_buffer`` (:func:`~scvgae_sc.tl._models._plans.hide_entries`), and each chunk's
+    reconstruction is added to one :class:`~scvgae_sc.tl._common.FillWeightFit`.
+    """
     hidden = hide_entries(x, x_buffer, mask_rate, rng)
     stats_of = None
     if fill_gate > 0 or graph_fill:
         stats_of = _neighbourhood_rows(graph, x_buffer, hops=fill_hops, transform=transform, with_mean=graph_fill)
-    sums = np.zeros(5)  # a·a, b·b, a·b, a·t, b·t (a: model fill, b: graph fill, t: truth)
+    fit = FillWeightFit(graph_fill)
     for rows, recon in reconstructions(module, sampler, x_buffer, device, chunk):
         h = hidden[rows]
         if not h.any():
             continue
-        rate, graph_mean = stats_of(rows) if stats_of is not None else (None, None)
-        fill = {"transform": transform, "fill_gate": fill_gate, "fill_scale": 1.0, "graph_weight": 0.0}
-        pred = _fill_rows(recon, None, (rate, None), **fill)
-        a = pred.cpu().numpy()[h].astype(np.float64)
-        t = x[rows][h].astype(np.float64)
-        if transform == "log1p":
-            t = np.expm1(t)
-        b = np.zeros_like(a)
-        if graph_fill:
-            b = gated(graph_mean, rate, fill_gate)[h].astype(np.float64)
-        sums += [a @ a, b @ b, a @ b, a @ t, b @ t]
-    if not graph_fill:
-        return (sums[3] / sums[0] if sums[0] > 0 else 1.0), 0.0
-    return fill_weights_from_sums(*map(float, sums))
+        stats = stats_of(rows) if stats_of is not None else (None, None)
+        add_fill_rows(fit, recon, x[rows], h, stats, transform=transform, fill_gate=fill_gate)
+    return fit.weights()
 
 
 def subgraph_train_step(
@@ -249,7 +222,7 @@ def subgraph_train_step(
     mask_rate: float,
     mask_weight: float,
     rng: np.random.Generator,
-    loss_fn: Callable,
+    loss_kwargs: dict[str, float],
     chunk: int,
 ) -> Callable:
     """A ``train_step(module, epoch)`` for :class:`~scvgae_sc.nn.Trainer` yielding one loss per random batch.
@@ -258,7 +231,8 @@ def subgraph_train_step(
     The latent history of every cell is computed once before the first step (no gradients); afterwards each
     batch refreshes its own rows, so a neighbour's latent is at most one epoch old.
     ``counts`` is ``None`` when the ZINB term models the input itself (``zinb_target="normalized"``).
-    ``loss_fn(out, x_rows, counts_rows, sf_rows, hidden_rows)`` returns the loss components.
+    The loss is ``module``'s :meth:`~scvgae_sc.nn.SCVGAE.loss` with ``loss_kwargs`` (``alpha``, ``kl_weight``,
+    ``hidden_weight``).
 
     Data-parallel (a process group with several ranks): all ranks draw the same masks and permutation (the same
     ``rng``), each trains on its share of every step's cells (:func:`~scvgae_sc.tl._common.sharded_batches`), and
@@ -307,6 +281,8 @@ def subgraph_train_step(
             c_rows = _to(counts[rows].toarray(), device) if counts is not None else None
             sf_rows = _to(sf[rows], device) if sf is not None else None
             hid = _to(hidden[rows], device) if hidden is not None else None
-            yield loss_fn(out, _to(x[rows], device), c_rows, sf_rows, hid)
+            x_rows = _to(x[rows], device)
+            c_rows = x_rows if c_rows is None else c_rows
+            yield module.loss(out, x_rows, c_rows, sf_rows, hidden=hid, **loss_kwargs)
 
     return train_step
