@@ -98,11 +98,11 @@ def _check_filename(filename: Any, n_ranks: int) -> Path | None:
 class ImputationModel:
     """An imputation model: built from the data and its options, trained, then saved, loaded and re-applied.
 
-    Each method is a subclass registered under its name (``ImputationModel.registered("scvgae")``). As scvi-tools'
+    Each method is a subclass registered under its name (:class:`~scvgae_sc.tl.SCVGAEModel` is
+    ``ImputationModel.registered("scvgae")``, :class:`~scvgae_sc.tl.GNNImputeModel` ``"gnnimpute"``). As scvi-tools'
     models, it is built from an AnnData and the method's options, then trained::
 
-        SCVGAEModel = sv.tl.ImputationModel.registered("scvgae")
-        model = SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill")
+        model = sv.tl.SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill")
         model.train(max_epochs=100, device="cpu")
         imputed = model.predict()  # the cells the model was built on
         model.save("scvgae_model")

@@ -299,7 +299,7 @@ class GNNImputeModel(ImputationModel):
     for the constructor), then trained by :meth:`~scvgae_sc.tl.ImputationModel.train`;
     ``tl.impute(method="gnnimpute")`` does both::
 
-        model = GNNImputeModel(adata, layer="total", counts_layer="counts")
+        model = sv.tl.GNNImputeModel(adata, layer="total", counts_layer="counts")
         model.train()
     """
 

@@ -249,7 +249,7 @@ class SCVGAEModel(ImputationModel):
     for the constructor), then trained by :meth:`~scvgae_sc.tl.ImputationModel.train`; ``tl.impute(method="scvgae")``
     does both::
 
-        model = SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill", fill_gate=0.4)
+        model = sv.tl.SCVGAEModel(adata, layer="normalized", counts_layer="counts", output="fill", fill_gate=0.4)
         model.train(max_epochs=100)
     """
 
