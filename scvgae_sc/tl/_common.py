@@ -323,8 +323,11 @@ class FillWeightFit:
         Tensors (summed in float64 by torch) or float64 NumPy arrays, over the same entries.
         """
         if isinstance(pred, np.ndarray):
-            b = graph_mean if graph_mean is not None else np.zeros_like(pred)
-            self.sums += [pred @ pred, b @ b, pred @ b, pred @ truth, b @ truth]
+            if graph_mean is None:  # no graph column: its sums stay 0
+                self.sums += [pred @ pred, 0.0, 0.0, pred @ truth, 0.0]
+            else:
+                b = graph_mean
+                self.sums += [pred @ pred, b @ b, pred @ b, pred @ truth, b @ truth]
         elif graph_mean is None:  # torch: the sums of least_squares_scale
             pred, truth = pred.double(), truth.double()
             self.sums += [float(pred.pow(2).sum()), 0.0, 0.0, float((pred * truth).sum()), 0.0]
