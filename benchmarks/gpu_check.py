@@ -71,9 +71,13 @@ def run_one(adata, method: str, device: str, epochs: int) -> dict:
 
 
 def markdown(records: list[dict], command: str) -> str:
-    lines = [f"# GPU check\n\nCommand: `{command}`\n", "| method | cells × genes | device | batching | s / epoch | "
-             "GPU peak GB | host peak GB | result |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# GPU check\n\nCommand: `{command}`\n",
+        "| method | cells × genes | device | batching | s / epoch | GPU peak GB | host peak GB | result |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in records:
+
         def f(k, fmt=".2f"):
             return format(r[k], fmt) if r.get(k) is not None else "–"
 
@@ -102,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     start, records = time.perf_counter(), []
     for size, shape in sizes.items():
         if time.perf_counter() - start > a.budget:
-            records.append({"method": "both", "n_obs": size, "n_vars": "", "device": device, "error": "skipped: budget"})
+            records.append(
+                {"method": "both", "n_obs": size, "n_vars": "", "device": device, "error": "skipped: budget"}
+            )
             continue
         adata = _data(size, shape)
         for method in ("scvgae", "gnnimpute"):

@@ -285,6 +285,7 @@ def _child(folder: str) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
+
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime

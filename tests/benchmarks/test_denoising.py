@@ -153,7 +153,6 @@ def test_clustering_job_scores_the_latent(mods):
     assert "latent_leiden_ari" not in bench.run_job({**job, "method": "none"})
 
 
-
 def test_clustering_runs_each_method_on_its_default_pipeline(mods, tmp_path, monkeypatch):
     bench, _, _ = mods
     job = {"dataset": "pbmc68k", "seed": 0, "task": "clustering", "method": "gnnimpute", "max_epochs": 2}
@@ -171,14 +170,21 @@ def test_clustering_runs_each_method_on_its_default_pipeline(mods, tmp_path, mon
     with pytest.raises(SystemExit, match="sqrt or total"):
         bench.run_job({**job, "pipeline": "log1p"})
 
+
 def test_peer_scale_for_the_denoising_task(mods, split):
     bench, _, _ = mods
     import peers
 
     X = split.layers["train_total"]
     Y, info = peers.impute(
-        "alra", X, split.layers["mcv_train"], task="denoising", seed=0, max_epochs=None,
-        library_size=1000.0, target_sqrt=None,
+        "alra",
+        X,
+        split.layers["mcv_train"],
+        task="denoising",
+        seed=0,
+        max_epochs=None,
+        library_size=1000.0,
+        target_sqrt=None,
     )
     assert Y.shape == X.shape and info["cpu_seconds"] >= 0
     # linear in, linear out: ALRA keeps the observed non-zeros' level (log1p -> ALRA -> expm1)
@@ -186,8 +192,16 @@ def test_peer_scale_for_the_denoising_task(mods, split):
     nz = Xd > 0
     assert np.median(Y[nz] / Xd[nz]) == pytest.approx(1.0, rel=0.5)
     with pytest.raises(ValueError, match="unknown task"):
-        peers.impute("alra", X, split.layers["mcv_train"], task="other", seed=0, max_epochs=None,
-                     library_size=1.0, target_sqrt=None)
+        peers.impute(
+            "alra",
+            X,
+            split.layers["mcv_train"],
+            task="other",
+            seed=0,
+            max_epochs=None,
+            library_size=1.0,
+            target_sqrt=None,
+        )
 
 
 def test_result_file_is_appended_and_resumed(mods, tmp_path, monkeypatch):
@@ -196,8 +210,16 @@ def test_result_file_is_appended_and_resumed(mods, tmp_path, monkeypatch):
 
     def fake_spawn(job):
         ran.append(job["method"])
-        return {**job, "n_obs": 10, "n_vars": 5, "mcv": {"none": 0.2, "knn_log_1": 0.1}[job["method"]],
-                "op_mse": 1.0, "op_poisson": 1.0, "pearson": 0.5, "n_cells": 10}
+        return {
+            **job,
+            "n_obs": 10,
+            "n_vars": 5,
+            "mcv": {"none": 0.2, "knn_log_1": 0.1}[job["method"]],
+            "op_mse": 1.0,
+            "op_poisson": 1.0,
+            "pearson": 0.5,
+            "n_cells": 10,
+        }
 
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     monkeypatch.setattr(bench, "spawn", fake_spawn)
@@ -229,9 +251,22 @@ def test_options_reach_the_job(mods):
 
 
 def _rec(ds, method, seed, mcv, **kw):
-    return {"dataset": ds, "seed": seed, "task": "denoising", "method": method, "fraction": 0.5,
-            "pipeline": "default", "n_obs": 10, "n_vars": 5, "mcv": mcv, "op_mse": 1.0, "op_poisson": 1.0,
-            "pearson": 0.5, "seconds": 1.0, **kw}
+    return {
+        "dataset": ds,
+        "seed": seed,
+        "task": "denoising",
+        "method": method,
+        "fraction": 0.5,
+        "pipeline": "default",
+        "n_obs": 10,
+        "n_vars": 5,
+        "mcv": mcv,
+        "op_mse": 1.0,
+        "op_poisson": 1.0,
+        "pearson": 0.5,
+        "seconds": 1.0,
+        **kw,
+    }
 
 
 def test_summary_first_line_counts_wins_over_magic_and_the_best_rival(mods):
@@ -264,8 +299,11 @@ def test_summary_merges_denoising_files_keeping_splits_apart(mods, tmp_path, mon
     _, summary, _ = mods
     monkeypatch.setattr(summary, "RESULTS", tmp_path)
     a = {"machine": {}, "command": "a", "records": [_rec("pbmc3k", "none", 0, 0.09)]}
-    b = {"machine": {}, "command": "b", "records": [_rec("pbmc3k", "none", 0, 0.2, fraction=0.9),
-                                                     _rec("pbmc3k", "none", 0, 0.5)]}  # duplicate: a wins
+    b = {
+        "machine": {},
+        "command": "b",
+        "records": [_rec("pbmc3k", "none", 0, 0.2, fraction=0.9), _rec("pbmc3k", "none", 0, 0.5)],
+    }  # duplicate: a wins
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     records, _ = summary.load_records([tmp_path / "a.json", tmp_path / "b.json"])

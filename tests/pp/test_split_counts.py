@@ -124,8 +124,9 @@ def test_existing_counts_layer_is_used_and_x_untouched(tmp_path):
 
     back = ad.read_h5ad(path)
     np.testing.assert_array_equal(back.layers["mcv_train"], adata.layers["mcv_train"])
-    assert back.uns["scvgae_sc"]["split_counts"]["mcv"]["train_digest"] == (
-        adata.uns["scvgae_sc"]["split_counts"]["mcv"]["train_digest"]
+    assert (
+        back.uns["scvgae_sc"]["split_counts"]["mcv"]["train_digest"]
+        == (adata.uns["scvgae_sc"]["split_counts"]["mcv"]["train_digest"])
     )
 
 

@@ -108,9 +108,7 @@ def test_the_same_prediction_scores_the_same_on_every_scale(split):
         "mcv_train": expected,
         "total": expected / lib[:, None] * rec["total"]["target_sum"],
         "log1p": np.log1p(expected / lib[:, None] * rec["log1p"]["target_sum"]),
-        "sqrt": np.sqrt(
-            np.log1p(expected) * rec["sqrt"]["target_sum"] / np.log1p(train).sum(axis=1)[:, None]
-        ),
+        "sqrt": np.sqrt(np.log1p(expected) * rec["sqrt"]["target_sum"] / np.log1p(train).sum(axis=1)[:, None]),
     }
     scores = {}
     for layer, values in on_scale.items():
@@ -335,9 +333,7 @@ def test_an_imputation_of_the_train_half_is_scored(pbmc_split):
 
 def test_an_imputation_of_the_full_counts_is_refused(pbmc_split):
     sv.pp.normalize(pbmc_split, method="total", key_added="full_total")
-    sv.tl.impute(
-        pbmc_split, method="gnnimpute", layer="full_total", key_added="imp", max_epochs=2, progress_bar=False
-    )
+    sv.tl.impute(pbmc_split, method="gnnimpute", layer="full_total", key_added="imp", max_epochs=2, progress_bar=False)
     _refused(pbmc_split, "imp", "counts_layer='counts'")
 
 
