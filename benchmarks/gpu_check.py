@@ -76,14 +76,15 @@ def markdown(records: list[dict], command: str) -> str:
         "| method | cells × genes | device | batching | s / epoch | GPU peak GB | host peak GB | result |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def cell(r: dict, k: str, fmt: str = ".2f") -> str:
+        return format(r[k], fmt) if r.get(k) is not None else "–"
+
     for r in records:
-
-        def f(k, fmt=".2f"):
-            return format(r[k], fmt) if r.get(k) is not None else "–"
-
         lines.append(
             f"| {r['method']} | {r['n_obs']} × {r['n_vars']} | {r['device']} | {r.get('batching', '–')} | "
-            f"{f('seconds_per_epoch')} | {f('gpu_peak_gb')} | {f('host_peak_gb')} | {r.get('error', 'ok')} |"
+            f"{cell(r, 'seconds_per_epoch')} | {cell(r, 'gpu_peak_gb')} | {cell(r, 'host_peak_gb')} | "
+            f"{r.get('error', 'ok')} |"
         )
     return "\n".join(lines) + "\n"
 
