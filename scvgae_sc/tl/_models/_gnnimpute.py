@@ -250,6 +250,7 @@ def predict_gnnimpute(
     chunk: int = 512,
     theta: np.ndarray | list | None = None,
     evidence: Evidence | None = None,
+    forward: dict | None = None,
 ):
     """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` and its input ``x``.
 
@@ -262,9 +263,10 @@ def predict_gnnimpute(
     a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
     runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory). With ``theta`` (the
     per-gene dispersion, ``posterior=True``) the denoised output is the posterior given each cell's counts
-    (``evidence``), the decoder output its prior mean (:func:`~scvgae_sc.tl._output.nb_posterior`).
+    (``evidence``), the decoder output its prior mean (:func:`~scvgae_sc.tl._output.nb_posterior`). ``forward``: the
+    network's output on ``x`` when already computed (:func:`evaluate`), so that it is not run again.
     """
-    out = _evaluate(module, x, edge_index, graph, batching=batching, chunk=chunk)
+    out = forward if forward is not None else evaluate(module, x, edge_index, graph, batching=batching, chunk=chunk)
     pred = out["recon"].float().clamp_min(0)
     if theta is not None and output == "denoised":
         if evidence is None:
@@ -277,7 +279,7 @@ def predict_gnnimpute(
     return pred, np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
 
 
-def _evaluate(module, x, edge_index, graph, *, batching: str, chunk: int) -> dict:
+def evaluate(module, x, edge_index, graph, *, batching: str, chunk: int) -> dict:
     """The network's whole-graph output in eval mode, without gradients (``recon`` on the input layer's scale)."""
     import torch
 
@@ -360,11 +362,13 @@ class GNNImputeModel(ImputationModel):
         weights = _fit_fill(run, plan, trainer, A)
         predict_kwargs = run.predict_kwargs(*weights)
         evidence = Evidence(counts, plan.sf.cpu().numpy()) if run.posterior else None
-        if run.posterior:
-            predict_kwargs["theta"] = _dispersion(model, plan, predict_kwargs, A, evidence).tolist()
+        forward = evaluate(model, plan.x, plan.edge_index, A, batching=run.batching, chunk=plan.chunk)
+        if run.posterior:  # the per-gene dispersion of the counts around the trained decoder's means
+            predict_kwargs["theta"] = nb_dispersion(forward["recon"].float().clamp_min(0), evidence).tolist()
         pred, imputed, latent = predict_gnnimpute(
-            model, plan.x, plan.edge_index, plan.target, graph=A, evidence=evidence, **predict_kwargs
+            model, plan.x, plan.edge_index, plan.target, graph=A, evidence=evidence, forward=forward, **predict_kwargs
         )
+        del forward
         if run.test_cells.any():
             import torch
             import torch.nn.functional as F
@@ -382,12 +386,6 @@ class GNNImputeModel(ImputationModel):
             device=str(dev),
             model_state={"module": model, "module_kwargs": dict(run.module_kwargs), "predict_kwargs": predict_kwargs},
         )
-
-
-def _dispersion(model, plan: GNNImputePlan, predict_kwargs: dict, A, evidence: Evidence) -> np.ndarray:
-    """Per-gene dispersion of the counts around the trained decoder's means (the posterior's prior)."""
-    out = _evaluate(model, plan.x, plan.edge_index, A, batching=predict_kwargs["batching"], chunk=plan.chunk)
-    return nb_dispersion(out["recon"].float().clamp_min(0), evidence)
 
 
 def _warn_normalization(normalization: str | None) -> None:
