@@ -1,10 +1,10 @@
 """Output post-processing shared by the methods: from the network's prediction to the imputed matrix.
 
-Every decision that depends on the ``output`` option lives here, for every data path (the whole matrix at once,
-chunks of cells, blocks of genes), so that a new output kind is added in this module only: name it in
+Every decision that depends on the ``output`` option lives here, for every data path (blocks of cells, the whole
+matrix being one block; blocks of genes), so that a new output kind is added in this module only: name it in
 :data:`OutputKind` and :data:`OUTPUT_KINDS` (the options accept what these list) and handle it in
-:func:`finish_dense` (whole matrix), :func:`finish_rows` / :func:`finish_host` (chunks of cells) and
-:func:`finish_blocks` (blocks of genes).
+:func:`finish_rows` (a block of cells) and :func:`finish_all_cells` (what needs all cells at once), the two steps of
+scVGAE's prediction over either of its samplers, and in :func:`finish_blocks` (blocks of genes, GNNImpute).
 
 ``"fill"``
     Observed non-zeros are kept and zeros get the model's prediction (gated by the neighbourhood's detection rate,
@@ -20,15 +20,12 @@ chunks of cells, blocks of genes), so that a new output kind is added in this mo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from .._utils import median_positive
 from ._common import FillWeightFit, Neighbourhood, column_blocks, gate_factor, gated, neighbourhood_at
-
-if TYPE_CHECKING:
-    import torch
 
 #: The ``output`` option's type.
 OutputKind = Literal["fill", "recon", "denoised"]
@@ -202,98 +199,41 @@ def fill(
     return recon
 
 
-def neighbourhood(graph, x, observed, *, transform: str, fill_gate: float, fill_hops: int, graph_fill: bool):
-    """``(rate, graph_mean)`` of the zeros' fill (``None`` where not needed), from the whole input ``x``."""
-    if fill_gate <= 0 and not graph_fill:
-        return None, None
-    hood = Neighbourhood(graph, x.device, fill_hops)
-    return hood(layer_values(x, transform) if graph_fill else None, observed)
-
-
-def finish_dense(recon, x, graph, *, output: str, calibrate: bool, transform: str, **fill_kwargs) -> torch.Tensor:
-    """The imputed matrix from the whole reconstruction ``recon`` (in place) and the whole model input ``x``.
-
-    ``fill_kwargs``: ``fill_gate``, ``fill_scale``, ``fill_hops`` and ``graph_weight`` (``output="fill"``).
-    """
-    if output == "fill":
-        observed = x > 0
-        gate, weight = fill_kwargs["fill_gate"], fill_kwargs["graph_weight"]
-        rate, graph_mean = neighbourhood(
-            graph,
-            x,
-            observed,
-            transform=transform,
-            fill_gate=gate,
-            fill_hops=fill_kwargs["fill_hops"],
-            graph_fill=bool(weight),
-        )
-        opts = {"fill_scale": fill_kwargs["fill_scale"], "graph_weight": weight}
-        return fill(recon, x, observed, transform=transform, fill_gate=gate, rate=rate, graph_mean=graph_mean, **opts)
-    if calibrate and output == "recon":
-        recon = calibrate_genes(recon, x)
-    imputed = recon.clamp_(min=0)
-    if transform == "log1p" and output == "recon":
-        imputed.expm1_()
-    return imputed
-
-
 def finish_rows(recon, x_rows, stats, *, output: str, transform: str, **fill_kwargs):
-    """A chunk of rows of the imputed matrix (before :func:`finish_host`), from its reconstruction ``recon``.
+    """A block of cells of the imputed matrix (before :func:`finish_all_cells`), from its prediction ``recon``.
 
-    ``x_rows``: the input rows as NumPy (``None``: keep no values); ``stats``: the rows' ``(rate, graph_mean)``,
-    either ``None`` when unused. ``fill_kwargs``: ``fill_gate``, ``fill_scale`` and ``graph_weight``.
+    In place for ``output="fill"`` (:func:`fill`); the other outputs are finished by :func:`finish_all_cells`.
+    ``x_rows``: the block's model input; ``stats``: its ``(rate, graph_mean)``, either ``None`` when unused (tensors
+    on the device of ``recon``). ``fill_kwargs``: ``fill_gate``, ``fill_scale`` and ``graph_weight``.
     """
     if output != "fill":
         return recon
+    rate, graph_mean = stats
+    return fill(recon, x_rows, x_rows > 0, transform=transform, rate=rate, graph_mean=graph_mean, **fill_kwargs)
+
+
+def finish_all_cells(imputed, x, blocks, *, output: str, calibrate: bool, transform: str) -> None:
+    """In place on the matrix of :func:`finish_rows` blocks: what needs all cells at once.
+
+    ``output="recon"``: the per-gene calibration (:func:`calibrate_genes`, ``calibrate``), then ``≥ 0`` and, on
+    ``log1p``, back to the layer's scale; ``"denoised"``: ``≥ 0``. ``imputed`` and the model input ``x`` are both
+    device tensors (finished at once, float32) or both host arrays, finished in ``blocks`` of genes (calibrated in
+    float64) and of cells (``blocks(n)``: a list of slices covering ``n``).
+    """
     import torch
 
-    rate, graph_mean = (None if a is None else torch.from_numpy(a).to(recon.device) for a in stats)
-    xr = None if x_rows is None else torch.from_numpy(x_rows).to(recon.device)
-    observed = None if xr is None else xr > 0
-    return fill(recon, xr, observed, transform=transform, rate=rate, graph_mean=graph_mean, **fill_kwargs)
-
-
-def finish_host(out: np.ndarray, x: np.ndarray, *, output: str, calibrate: bool, transform: str, chunk: int) -> None:
-    """In place on the host matrix ``out`` made of :func:`finish_rows` chunks: what needs all cells at once."""
-    if output != "recon":
+    if output == "fill":
         return
-    n = x.shape[0]
-    if calibrate:
-        for start in range(0, x.shape[1], chunk):
-            cols = slice(start, start + chunk)
-            r, xc = out[:, cols].astype(np.float64), x[:, cols].astype(np.float64)
-            rc = r - r.mean(0)
-            slope = (rc * (xc - xc.mean(0))).mean(0) / np.maximum(rc.var(0), 1e-12)
-            out[:, cols] = rc * slope + xc.mean(0)
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        np.clip(out[rows], 0, None, out=out[rows])
-        if transform == "log1p":
-            np.expm1(out[rows], out=out[rows])
-
-
-def fit_fill_dense(
-    recon, x, x_in, hidden, graph, *, transform: str, fill_gate: float, fill_hops: int, graph_fill: bool
-) -> tuple[float, float]:
-    """Fill weights ``(fill_scale, graph_weight)`` from a whole-matrix reconstruction of freshly hidden entries.
-
-    ``recon`` is the network's reconstruction (in place) of ``x_in``, the model input ``x`` with the ``hidden``
-    entries (a boolean matrix) set to 0. The fill values of the hidden entries (and, with ``graph_fill``, the
-    graph's neighbourhood mean computed without them) are fitted to their values on the input layer's scale
-    (:class:`~scvgae_sc.tl._common.FillWeightFit`), which the network never saw.
-    """
-    visible = x_in > 0
-    rate, graph_mean = neighbourhood(
-        graph, x_in, visible, transform=transform, fill_gate=fill_gate, fill_hops=fill_hops, graph_fill=graph_fill
-    )
-    graph_col = None
-    if graph_fill:
-        graph_col = gated(graph_mean[hidden], rate[hidden], fill_gate)
-    del graph_mean
-    pred = fill(recon, None, visible, transform=transform, fill_gate=fill_gate, fill_scale=1.0, rate=rate)[hidden]
-    fit = FillWeightFit(graph_fill)
-    fit.add(pred, graph_col, layer_values(x[hidden], transform))
-    return fit.weights()
+    host = isinstance(imputed, np.ndarray)
+    out, x = (torch.from_numpy(a) if host else a for a in (imputed, x))
+    if calibrate and output == "recon":
+        for cols in blocks(out.shape[1]):
+            r, xc = out[:, cols], x[:, cols]
+            r.copy_(calibrate_genes(r.double(), xc.double()) if host else calibrate_genes(r, xc))
+    for rows in blocks(out.shape[0]):
+        block = out[rows].clamp_(min=0)
+        if transform == "log1p" and output == "recon":
+            block.expm1_()
 
 
 def fit_fill_flat(
@@ -320,23 +260,15 @@ def fit_fill_flat(
     return fit.weights()
 
 
-def add_fill_rows(
-    fit: FillWeightFit, recon, x_rows: np.ndarray, hidden_rows: np.ndarray, stats, *, transform: str, fill_gate: float
-) -> None:
-    """Add a chunk of cells to a fill-weight fit: their reconstruction ``recon`` of the input with entries hidden.
+def add_fill_rows(fit: FillWeightFit, recon, x_rows, hidden, rate, graph_col, *, transform: str, fill_gate: float):
+    """Add a block of cells to a fill-weight fit: their reconstruction ``recon`` of the input with entries hidden.
 
-    ``x_rows``: the chunk's model input before hiding (NumPy), ``hidden_rows`` its hidden entries, ``stats`` the
-    rows' ``(rate, graph_mean)`` computed without them (either ``None`` when unused).
+    ``x_rows``: the block's model input before hiding, ``hidden`` its hidden entries, ``rate`` its neighbourhood
+    detection rate and ``graph_col`` the gated neighbourhood mean at the hidden entries (:func:`gated`), both
+    computed without them (``None`` when unused); tensors on one device.
     """
-    rate, graph_mean = stats
-    kwargs = {"transform": transform, "fill_gate": fill_gate, "fill_scale": 1.0, "graph_weight": 0.0}
-    pred = finish_rows(recon, None, (rate, None), output="fill", **kwargs)
-    a = pred.cpu().numpy()[hidden_rows].astype(np.float64)
-    t = x_rows[hidden_rows].astype(np.float64)
-    if transform == "log1p":
-        t = np.expm1(t)
-    b = gated(graph_mean, rate, fill_gate)[hidden_rows].astype(np.float64) if fit.graph_fill else None
-    fit.add(a, b, t)
+    pred = fill(recon, None, None, transform=transform, fill_gate=fill_gate, fill_scale=1.0, rate=rate)[hidden]
+    fit.add(pred, graph_col, layer_values(x_rows[hidden], transform))
 
 
 def finish_blocks(

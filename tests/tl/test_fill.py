@@ -86,14 +86,14 @@ def test_fill_weights_stay_non_negative():
 @pytest.mark.parametrize("hops", [1, 3])
 def test_chunked_neighbourhood_rows_equal_the_whole_matrix(hops):
     """The subgraph path's statistics (rows at a time, the first steps walked once) are the full computation."""
-    from scvgae_sc.tl._models._scvgae_subgraph import _neighbourhood_rows
+    from scvgae_sc.tl._models._scvgae_samplers import neighbourhood_rows
 
     n, g = 50, 8
     rng = np.random.default_rng(7)
     x = ((rng.random((n, g)) < 0.4) * rng.gamma(2.0, 1.0, size=(n, g))).astype(np.float32)
     A = _graph(n, seed=7)
     rows = np.array([4, 0, 49, 12])
-    rate, mean = _neighbourhood_rows(A, x, hops=hops, transform="log1p", with_mean=True)(rows)
+    rate, mean = neighbourhood_rows(A, x, hops=hops, transform="log1p", with_mean=True)(rows)
     full_rate, full_mean = Neighbourhood(A, torch.device("cpu"), hops)(
         torch.expm1(torch.from_numpy(x)), torch.from_numpy(x > 0)
     )

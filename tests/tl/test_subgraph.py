@@ -12,6 +12,7 @@ import scvgae_sc as sv
 from scvgae_sc.nn import SCVGAE
 from scvgae_sc.tl._common import edge_tensors
 from scvgae_sc.tl._models._scvgae import predict_scvgae
+from scvgae_sc.tl._models._scvgae_samplers import CellSubgraphSampler, WholeGraphSampler
 from scvgae_sc.tl._subgraph import SubgraphSampler, gcn_adjacency
 
 EPOCHS = 3
@@ -63,9 +64,8 @@ def test_chunked_subgraph_prediction_equals_full_graph_prediction(output, graph_
     torch.manual_seed(0)
     model = SCVGAE(g, n, hidden=8, decoder_hidden=16, decoder_input="latent")
     kw = {"output": output, "calibrate": True, "transform": "log1p", "fill_gate": 0.4, "fill_scale": 1.3, **graph_fill}
-    ei, ew = edge_tensors(A, torch.device("cpu"))
-    full, z_full = predict_scvgae(model, torch.from_numpy(x), ei, ew, graph=A, chunk=32, **kw)
-    sub, z_sub = predict_scvgae(model, x, None, None, graph=A, chunk=32, batching="subgraph", device="cpu", **kw)
+    full, z_full = predict_scvgae(model, WholeGraphSampler(torch.from_numpy(x), A, chunk=32), **kw)
+    sub, z_sub = predict_scvgae(model, CellSubgraphSampler(x, A, device="cpu", chunk=32), **kw)
     np.testing.assert_allclose(z_sub, z_full, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sub, full, rtol=1e-4, atol=1e-4)
 

@@ -2,9 +2,9 @@
 
 A plan is the ``train_step(module, epoch)`` (and ``val_step(module)``) of :class:`~scvgae_sc.nn.Trainer`, as
 scvi-tools' ``TrainingPlan.training_step`` calls ``module.loss``: the plan chooses the cells and the entries hidden
-from the input, the module computes its loss. The plans also draw the fresh masks that the fill's weights are
-fitted on. Tensors only (a SciPy matrix may be read once, when a plan is built), except :func:`hide_entries`, the
-host-side masks of training on cell subgraphs.
+from the input, the module computes its loss. Tensors only (a SciPy matrix may be read once, when a plan is built).
+scVGAE's plan reads its data through a sampler (:mod:`scvgae_sc.tl._models._scvgae_samplers`), which draws the
+masks and batches (and the fresh mask the fill's weights are fitted on) of the whole graph or of cell subgraphs.
 """
 
 from __future__ import annotations
@@ -13,123 +13,59 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._common import split_batches
-
 if TYPE_CHECKING:
     import torch
 
-
-def hide_observed(x, observed_flat, mask_rate: float, gen):
-    """``(hidden, x_in)``: a random ``mask_rate`` of the observed entries (flat indices ``observed_flat``) hidden.
-
-    Random numbers are drawn for the observed entries only (a fifth of the matrix on typical data; the CPU
-    generator is sequential, so this is what an epoch's mask costs).
-    """
-    import torch
-
-    pick = observed_flat[torch.rand(observed_flat.shape, generator=gen, device=x.device) < mask_rate]
-    hidden = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-    hidden.view(-1)[pick] = True
-    x_in = x.clone()
-    x_in.view(-1)[pick] = 0.0
-    return hidden, x_in
-
-
-#: Rows drawn at a time by :func:`hide_entries` (keeps the random draws' temporary small).
-_MASK_ROWS = 4096
-
-
-def hide_entries(x: np.ndarray, out: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Copy ``x`` into ``out`` with each non-zero hidden (set to 0) with probability ``rate``; return the mask.
-
-    The host-side (NumPy) counterpart of :func:`hide_observed`, for data kept on the host (cell subgraphs).
-    """
-    hidden = np.empty(x.shape, dtype=bool)
-    for start in range(0, x.shape[0], _MASK_ROWS):
-        sl = slice(start, start + _MASK_ROWS)
-        h = rng.random(x[sl].shape, dtype=np.float32) < rate
-        h &= x[sl] > 0
-        hidden[sl] = h
-        np.copyto(out[sl], x[sl])
-        out[sl][h] = 0.0
-    return hidden
+    from ._scvgae_samplers import SCVGAESampler
 
 
 class SCVGAEPlan:
-    """scVGAE on the whole graph: each epoch hides a fresh ``mask_rate`` of the observed entries, then steps.
+    """scVGAE's training step over a sampler: each epoch hides a fresh ``mask_rate`` of the observed entries, steps.
 
-    The encoder propagates over the whole graph in every step; the heads, decoder and loss
-    (:meth:`~scvgae_sc.nn.SCVGAE.loss`) run on a random batch of cells. Data-parallel: each rank trains on its
-    share of every epoch's batches (the same permutation on every rank).
+    One body for both data paths: the sampler
+    (:class:`~scvgae_sc.tl._models._scvgae_samplers.SCVGAESampler`) draws the epoch's mask and batches and runs the
+    forward of a batch (the whole-graph encoder, or a cell subgraph with the latent history); the loss is the
+    module's (:meth:`~scvgae_sc.nn.SCVGAE.loss`) on the batch's rows. Data-parallel: each rank trains on its share of
+    every step's cells (the same draws on every rank).
 
     Parameters
     ----------
     model
         The :class:`~scvgae_sc.nn.SCVGAE` whose loss is used.
-    x, counts, sf
-        Model input, ZINB target and size factors (``None``: 1) of every cell, on the device.
-    edge_index, edge_weight
-        The graph.
-    gen
-        Random generator of the masks and batches.
+    sampler
+        The data path.
+    mask_rate
+        Share of the observed entries hidden from the input each epoch (0: none).
+    batch_size
+        Cells per step (per rank).
     loss_kwargs
         ``alpha``, ``kl_weight`` and ``hidden_weight`` of :meth:`~scvgae_sc.nn.SCVGAE.loss`.
     """
 
     def __init__(
-        self,
-        model: Any,
-        x: torch.Tensor,
-        counts: torch.Tensor,
-        sf: torch.Tensor | None,
-        edge_index: torch.Tensor,
-        edge_weight: torch.Tensor,
-        *,
-        mask_rate: float,
-        batch_size: int,
-        gen: torch.Generator,
-        world_size: int = 1,
-        rank: int = 0,
-        **loss_kwargs: float,
+        self, model: Any, sampler: SCVGAESampler, *, mask_rate: float, batch_size: int, **loss_kwargs: float
     ) -> None:
-        import torch
-
-        self.model, self.x, self.counts, self.sf = model, x, counts, sf
-        self.edge_index, self.edge_weight = edge_index, edge_weight
-        self.mask_rate, self.batch_size, self.gen = mask_rate, batch_size, gen
-        self.world_size, self.rank = world_size, rank
+        self.model, self.sampler = model, sampler
+        self.mask_rate, self.batch_size = mask_rate, batch_size
         self.loss_kwargs = loss_kwargs
-        #: flat indices of the observed non-zeros
-        self.observed_flat = torch.nonzero(x.reshape(-1) > 0).squeeze(1)
 
-    def hide(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(hidden, x_in)``: a fresh ``mask_rate`` of the observed entries hidden (:func:`hide_observed`)."""
-        return hide_observed(self.x, self.observed_flat, self.mask_rate, self.gen)
-
-    def batch_loss(self, module, x_in, hidden, rows) -> dict[str, torch.Tensor]:
-        """The loss of one batch of cells (``rows=None``: all)."""
-        out = module(x_in, self.edge_index, self.edge_weight, rows=rows)
-        x, c, sf = self.x, self.counts, self.sf
-        xb = x if rows is None else x[rows]
-        cb = c if rows is None else c[rows]
-        sfb = sf if (sf is None or rows is None) else sf[rows]
-        hidden_rows = hidden if (hidden is None or rows is None) else hidden[rows]
-        return self.model.loss(out, xb, cb, sfb, hidden=hidden_rows, **self.loss_kwargs)
+    def batch_loss(self, module, x_in, hidden, step) -> dict[str, torch.Tensor]:
+        """The loss of one step's cells (``step=None``: all cells)."""
+        s = self.sampler
+        out, rows = s.forward(module, x_in, step)
+        x = s.take(s.x, rows)
+        counts = x if s.counts is None else s.take(s.counts, rows)
+        sf = None if s.size_factors is None else s.take(s.size_factors, rows)
+        hidden_rows = None if hidden is None else s.take(hidden, rows)
+        return self.model.loss(out, x, counts, sf, hidden=hidden_rows, **self.loss_kwargs)
 
     def __call__(self, module, epoch: int):
         """The ``train_step`` of :class:`~scvgae_sc.nn.Trainer`: one loss, or one per batch."""
-        import torch
-
-        if self.mask_rate > 0:
-            hidden, x_in = self.hide()
-        else:
-            hidden, x_in = None, self.x
-        n_cells = self.x.shape[0]
-        if self.batch_size >= n_cells and self.world_size == 1:
+        hidden, x_in = self.sampler.epoch_input(module, epoch, self.mask_rate)
+        steps = self.sampler.steps(self.batch_size)
+        if steps is None:
             return self.batch_loss(module, x_in, hidden, None)
-        order = torch.randperm(n_cells, generator=self.gen, device=self.x.device)  # the same on every rank
-        batches = split_batches(order, self.batch_size, world_size=self.world_size, rank=self.rank)
-        return (self.batch_loss(module, x_in, hidden, rows) for rows in batches)
+        return (self.batch_loss(module, x_in, hidden, step) for step in steps)
 
 
 class MoleculeSplit:

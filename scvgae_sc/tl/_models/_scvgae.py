@@ -8,11 +8,12 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._common import dense_tensor, edge_tensors, history_arrays, progress_enabled, resolve_graph, size_factors
-from .._output import Evidence, finish_dense, fit_fill_dense, prediction
+from .._common import FillWeightFit, gated, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._output import Evidence, add_fill_rows, finish_all_cells, finish_rows
 from ._base import ImputationModel, ImputeResult
 from ._options import SCVGAE_AUTO_TRAINING, SCVGAEOptions
 from ._plans import SCVGAEPlan
+from ._scvgae_samplers import SCVGAESampler, evaluating, scvgae_sampler
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -155,33 +156,6 @@ def scvgae_options() -> dict[str, Any]:
     return SCVGAEOptions.defaults()
 
 
-def _reconstruct(module, x, edge_index, edge_weight, chunk: int, output: str = "recon", evidence=None):
-    """Eval-mode ``(recon, z)`` without gradients; heads and decoder run on ``chunk`` rows at a time.
-
-    ``recon`` is the heads' :func:`~scvgae_sc.tl._output.prediction` for ``output`` (given the cells' own counts
-    when ``evidence``, an :class:`~scvgae_sc.tl._output.Evidence`, is passed).
-
-    The encoder propagates over the whole graph once (``hidden`` channels); the ``n_cells × n_genes``
-    intermediates of the heads, the decoder and the add-back exist only per chunk.
-    """
-    import torch
-
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            graph = module.graph_operator(edge_index, edge_weight, x.shape[0])
-            z = module.encode_graph(x, graph)["z"]
-            h = module.propagate_graph(z, graph) if module.propagate is not None else z
-            recon = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-            for rows in torch.arange(x.shape[0], device=x.device).split(max(int(chunk), 2)):
-                ev = evidence.rows(rows, x.device) if evidence is not None else None
-                recon[rows] = prediction(module.decode(h[rows], z[rows], x[rows], rows), output, ev)
-    finally:
-        module.train(was_training)
-    return recon, z.float()
-
-
 def scvgae_input(X, transform: str):
     """The model input: the input layer ``X`` as float32, ``log1p``-transformed when ``transform`` says so."""
     Xm = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
@@ -192,9 +166,7 @@ def scvgae_input(X, transform: str):
 
 def predict_scvgae(
     module,
-    x,
-    edge_index,
-    edge_weight,
+    sampler: SCVGAESampler,
     *,
     output: str,
     calibrate: bool,
@@ -203,43 +175,83 @@ def predict_scvgae(
     fill_scale: float = 1.0,
     fill_hops: int = 1,
     graph_weight: float = 0.0,
-    graph: sparse.spmatrix | None = None,
-    chunk: int = 512,
-    batching: str = "full",
-    device=None,
-    out: np.ndarray | None = None,
     posterior: bool = False,
-    evidence=None,
-):
-    """Imputed matrix and latent (NumPy, float32) from a trained :class:`~scvgae_sc.nn.SCVGAE` and its input ``x``.
+    evidence: Evidence | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Imputed matrix and latent (NumPy, float32) of a trained :class:`~scvgae_sc.nn.SCVGAE` on its sampler's input.
 
-    The one prediction path of a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`).
-    ``fill_gate`` and ``graph_weight`` need the cell ``graph`` (see :func:`scvgae_options`); ``fill_scale`` and
-    ``graph_weight`` are the fitted weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean
-    (the defaults, 1, 0 and 1, are those of models saved before either existed); ``chunk`` rows go through the
-    heads and the decoder at a time. ``batching="subgraph"`` predicts chunk by chunk from ``x`` on the host (a
-    NumPy array or tensor; ``edge_index`` / ``edge_weight`` unused, ``graph`` needed) into ``out`` when given
-    (e.g. a :class:`numpy.memmap`), with the model on ``device``. ``posterior`` (``output="denoised"``): the
-    count model's posterior given each cell's own counts, which ``evidence`` (an
-    :class:`~scvgae_sc.tl._output.Evidence`) then holds.
+    The one prediction path of a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`), for
+    both data paths: the ``sampler`` (:func:`~scvgae_sc.tl._models._scvgae_samplers.scvgae_sampler`) yields blocks
+    of cells of the heads' prediction, each finished (:func:`~scvgae_sc.tl._output.finish_rows`) and put into the
+    output, then what needs all cells at once (:func:`~scvgae_sc.tl._output.finish_all_cells`). ``fill_gate`` and
+    ``graph_weight`` use the cell graph (see :func:`scvgae_options`); ``fill_scale`` and ``graph_weight`` are the
+    fitted weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean (the defaults, 1, 0 and 1,
+    are those of models saved before either existed). ``out`` receives the result when given (e.g. a
+    :class:`numpy.memmap`). ``posterior`` (``output="denoised"``): the count model's posterior given each cell's own
+    counts, which ``evidence`` (an :class:`~scvgae_sc.tl._output.Evidence`) then holds.
     """
     if posterior and output == "denoised" and evidence is None:
         raise ValueError("the posterior of output='denoised' needs the cells' counts (evidence)")
     if not (posterior and output == "denoised"):
         evidence = None
-    if batching == "subgraph":
-        from ._scvgae_subgraph import predict_scvgae_subgraph
+    x = sampler.x
+    stats_of = None
+    if output == "fill" and (fill_gate > 0 or graph_weight):
+        stats_of = sampler.neighbourhood(x, hops=fill_hops, transform=transform, with_mean=bool(graph_weight))
+    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "graph_weight": graph_weight}
+    imputed = sampler.output(out)
+    with evaluating(module):
+        z, blocks = sampler.reconstructions(module, x, output, evidence)
+        for rows, recon in blocks:
+            stats = stats_of(rows) if stats_of is not None else (None, None)
+            x_rows = sampler.take(x, rows) if output == "fill" else None
+            block = finish_rows(recon, x_rows, stats, output=output, transform=transform, **fill)
+            imputed = sampler.put(imputed, rows, block)
+    finish_all_cells(imputed, x, sampler.slices, output=output, calibrate=calibrate, transform=transform)
+    return sampler.to_host(imputed, out), np.ascontiguousarray(z.cpu().numpy(), dtype=np.float32)
 
-        x_np = x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x, dtype=np.float32)
-        kwargs = {"output": output, "calibrate": calibrate, "transform": transform, "fill_gate": fill_gate}
-        kwargs.update(fill_scale=fill_scale, fill_hops=fill_hops, graph_weight=graph_weight, evidence=evidence)
-        return predict_scvgae_subgraph(module, x_np, graph, device=device, chunk=chunk, out=out, **kwargs)
-    recon, z = _reconstruct(module, x, edge_index, edge_weight, chunk, output, evidence)
-    fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "fill_hops": fill_hops, "graph_weight": graph_weight}
-    imputed = finish_dense(recon, x, graph, output=output, calibrate=calibrate, transform=transform, **fill)
-    imputed = imputed.cpu().numpy()
-    latent = z.cpu().numpy()
-    return np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
+
+def fit_fill(
+    module,
+    sampler: SCVGAESampler,
+    *,
+    mask_rate: float,
+    transform: str,
+    fill_gate: float,
+    fill_hops: int = 1,
+    graph_fill: bool = False,
+) -> tuple[float, float]:
+    """Fill weights ``(fill_scale, graph_weight)`` fitted on freshly hidden observed entries, block by block of cells.
+
+    The sampler hides a fresh ``mask_rate`` of the observed entries of its input (its own random draws); each block's
+    reconstruction of the masked input, gated by the neighbourhood computed without the hidden entries, is added to
+    one :class:`~scvgae_sc.tl._common.FillWeightFit` (:func:`~scvgae_sc.tl._output.add_fill_rows`) against the
+    hidden values on the input layer's scale, which the network never saw.
+    """
+    hidden, x_in = sampler.mask(mask_rate)
+    stats_of = None
+    if fill_gate > 0 or graph_fill:
+        stats_of = sampler.neighbourhood(x_in, hops=fill_hops, transform=transform, with_mean=graph_fill)
+    fit = FillWeightFit(graph_fill)
+    with evaluating(module):
+        _, blocks = sampler.reconstructions(module, x_in)
+        for rows, recon in blocks:
+            h = sampler.take(hidden, rows)
+            if not bool(h.any()):
+                continue
+            rate, graph_col = _hidden_stats(stats_of, rows, h, fill_gate, graph_fill)
+            x_rows = sampler.take(sampler.x, rows)
+            add_fill_rows(fit, recon, x_rows, h, rate, graph_col, transform=transform, fill_gate=fill_gate)
+    return fit.weights()
+
+
+def _hidden_stats(stats_of, rows, hidden, fill_gate: float, graph_fill: bool):
+    """A block's neighbourhood rate and its gated neighbourhood mean at the ``hidden`` entries (``None`` unused)."""
+    if stats_of is None:
+        return None, None
+    rate, graph_mean = stats_of(rows)  # the block's mean is dropped here: only its hidden entries are kept
+    return rate, (gated(graph_mean[hidden], rate[hidden], fill_gate) if graph_fill else None)
 
 
 class SCVGAEModel(ImputationModel):
@@ -275,19 +287,14 @@ class SCVGAEModel(ImputationModel):
         return SCVGAE(kwargs.pop("n_genes"), kwargs.pop("n_cells"), **kwargs)
 
     def _predict_arrays(self, X, dev, adata: AnnData | None = None) -> tuple[np.ndarray, np.ndarray]:
-        from ..._utils import to_dense_array
-
-        pk = dict(self.config["predict_kwargs"])
-        if pk.get("posterior"):
-            pk["evidence"] = self._evidence(adata)
-        if pk.get("batching") == "subgraph":  # chunk by chunk from the host copy
-            x = to_dense_array(scvgae_input(X, pk["transform"]), np.float32)
-            return predict_scvgae(self.module, x, None, None, graph=self.graph, device=dev, **pk)
-        edge_index, edge_weight = edge_tensors(self.graph, dev)
-        x = dense_tensor(scvgae_input(X, pk["transform"]), dev)
-        if hasattr(self.module, "reset_cache"):
-            self.module.reset_cache()
-        return predict_scvgae(self.module, x, edge_index, edge_weight, graph=self.graph, **pk)
+        kwargs = dict(self.config["predict_kwargs"])
+        batching, chunk = kwargs.pop("batching", "full"), kwargs.pop("chunk", 512)
+        if kwargs.get("posterior"):
+            kwargs["evidence"] = self._evidence(adata)
+        if batching != "subgraph" and hasattr(self.module, "reset_cache"):
+            self.module.reset_cache()  # the graph normalization is recomputed for these cells' graph
+        sampler = scvgae_sampler(batching, scvgae_input(X, kwargs["transform"]), self.graph, dev, chunk=chunk)
+        return predict_scvgae(self.module, sampler, **kwargs)
 
     def _fit(
         self, options: SCVGAEOptions, *, max_epochs: int | None, device: Any, random_state: int | None, out=None
@@ -318,19 +325,29 @@ class SCVGAEModel(ImputationModel):
             f"    training scVGAE on {run.n_cells} cells × {run.n_genes} genes, {A.nnz} edges, {dev}, "
             f"batching={run.batching!r}"
         )
-        fit = _fit_subgraph if run.batching == "subgraph" else _fit_full
-        history, weights, x_predict, edges = fit(run, model, trainer, Xm, counts, A, batch_labels, dev)
+        sf = size_factors(counts, batch_labels) if run.options.training.zinb_target == "counts" else None
+        sampler = scvgae_sampler(
+            run.batching,
+            Xm,
+            A,
+            dev,
+            chunk=run.chunk,
+            counts=None if sf is None else counts,
+            size_factors=sf,
+            random_state=run.random_state,
+        )
+        del Xm
+        plan = SCVGAEPlan(model, sampler, mask_rate=run.mask_rate, batch_size=run.batch_size, **run.loss_kwargs)
+        history = trainer.fit(plan)
+        sampler.end_training()
+        weights = (1.0, 0.0)
+        if run.fit_scale:  # on a fresh mask: entries the network never saw
+            weights = fit_fill(model, sampler, mask_rate=run.mask_rate, **run.fill_kwargs)
+            logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
         predict_kwargs = run.predict_kwargs(*weights)
         evidence = Evidence(counts, size_factors(counts, batch_labels)) if run.posterior else None
-        if run.batching == "subgraph":
-            imputed, latent = predict_scvgae(
-                model, x_predict, None, None, graph=A, device=dev, out=out, evidence=evidence, **predict_kwargs
-            )
-        else:
-            imputed, latent = predict_scvgae(model, x_predict, *edges, graph=A, evidence=evidence, **predict_kwargs)
-            if out is not None:
-                out[...] = imputed
-                imputed = out
+        output_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("batching", "chunk")}
+        imputed, latent = predict_scvgae(model, sampler, out=out, evidence=evidence, **output_kwargs)
         logg.debug("    finished training", time=logg_start)
         return ImputeResult(
             imputed=imputed if out is not None else np.ascontiguousarray(imputed, dtype=np.float32),
@@ -485,91 +502,3 @@ class _SCVGAERun:
         params["precision_used"] = precision
         params["posterior_used"] = self.posterior
         return params
-
-
-def _fit_full(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev):
-    """Train on the whole graph; ``(history, (scale, graph_weight), x, (edge_index, edge_weight))``."""
-    import torch
-
-    from ...nn import rank, world_size
-
-    x = dense_tensor(Xm, dev)
-    if run.options.training.zinb_target == "counts":
-        c = dense_tensor(counts, dev)
-        sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
-    else:
-        c, sf = x, None
-    edge_index, edge_weight = edge_tensors(A, dev)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(0 if run.random_state is None else int(run.random_state))
-    plan = SCVGAEPlan(
-        model,
-        x,
-        c,
-        sf,
-        edge_index,
-        edge_weight,
-        mask_rate=run.mask_rate,
-        batch_size=run.batch_size,
-        gen=gen,
-        world_size=world_size(),  # data-parallel: each rank trains on its share of the batches
-        rank=rank(),
-        **run.loss_kwargs,
-    )
-    history = trainer.fit(plan)
-    del c, sf, plan.counts, plan.sf
-    weights = (1.0, 0.0)
-    if run.fit_scale:  # on a fresh mask: entries the network never saw
-        hidden, x_in = plan.hide()
-        recon, _ = _reconstruct(model, x_in, edge_index, edge_weight, run.chunk)
-        weights = fit_fill_dense(recon, x, x_in, hidden, A, **run.fill_kwargs)
-        del recon, x_in, hidden
-        logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
-    return history, weights, x, (edge_index, edge_weight)
-
-
-def _fit_subgraph(run: _SCVGAERun, model, trainer, Xm, counts, A, batch_labels, dev):
-    """Train on cell subgraphs; ``(history, (scale, graph_weight), x on the host, None)``."""
-    from .._subgraph import SubgraphSampler, gcn_adjacency
-    from ._scvgae_subgraph import fit_fill_scale_subgraph, subgraph_train_step
-
-    x_host = np.ascontiguousarray(Xm.toarray() if sparse.issparse(Xm) else Xm, dtype=np.float32)
-    del Xm
-    x_buffer = np.empty_like(x_host)
-    counts_csr = sparse.csr_matrix(counts, dtype=np.float32) if run.options.training.zinb_target == "counts" else None
-    sf_host = size_factors(counts, batch_labels) if counts_csr is not None else None
-    sampler = SubgraphSampler(gcn_adjacency(A))
-    rng = np.random.default_rng(run.random_state)
-    train_step = subgraph_train_step(
-        model,
-        sampler,
-        x_host,
-        x_buffer,
-        counts_csr,
-        sf_host,
-        device=dev,
-        batch_size=run.batch_size,
-        mask_rate=run.mask_rate,
-        mask_weight=run.mask_weight,
-        rng=rng,
-        loss_kwargs=run.loss_kwargs,
-        chunk=run.chunk,
-    )
-    history = trainer.fit(train_step)
-    del counts_csr
-    weights = (1.0, 0.0)
-    if run.fit_scale:
-        weights = fit_fill_scale_subgraph(
-            model,
-            x_host,
-            x_buffer,
-            A,
-            sampler,
-            device=dev,
-            mask_rate=run.mask_rate,
-            rng=rng,
-            chunk=run.chunk,
-            **run.fill_kwargs,
-        )
-        logg.debug(f"    fill weights fitted on hidden entries: model {weights[0]:.3f}, graph {weights[1]:.3f}")
-    return history, weights, x_host, None
