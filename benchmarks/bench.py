@@ -101,9 +101,10 @@ ABLATIONS = {
 }
 
 #: scVGAE variants of the denoised output (``--ablation --tasks denoising``); the network's part replaced by the
-#: graph average is the rival ``knn_explog_2`` (``--methods knn_explog_2``).
+#: graph average under the same posterior is the rival ``knn_post_2`` (``--methods knn_post_2``).
 DENOISING_ABLATIONS = {
     "default": {},
+    "reconstruction objective (the count model fits the counts it reads)": {"objective": "reconstruct"},
     "heads gcn (one more graph step)": {"heads": "gcn"},
     "count model's mean alone (posterior=False)": {"posterior": False},
     "n_neighbors 30": {"n_neighbors": 30},

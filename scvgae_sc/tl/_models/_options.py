@@ -177,6 +177,7 @@ class SCVGAEArchitecture:
 class SCVGAETraining:
     """The objective, the masking and the optimizer steps."""
 
+    objective: Literal["auto", "reconstruct", "molecules"] = "auto"
     alpha: float | Literal["auto"] = "auto"
     lr: float | Literal["auto"] = "auto"
     weight_decay: float = 0.0
@@ -194,6 +195,7 @@ class SCVGAETraining:
         check_common(
             self,
             choices={
+                "objective": ("auto", "reconstruct", "molecules"),
                 "transform": ("auto", "none", "log1p"),
                 "zinb_target": ("counts", "normalized"),
                 "precision": ("auto", "32", "bf16"),

@@ -19,11 +19,69 @@ if TYPE_CHECKING:
     from ._scvgae_samplers import SCVGAESampler
 
 
+class LayerMolecules:
+    """How scVGAE's molecules objective turns one part of a molecule split into model input.
+
+    The part (counts of a share ``fraction`` of each count's molecules) is normalized as
+    :func:`~scvgae_sc.pp.normalize` made the input layer — ``method`` at the layer's row target ``target`` (so it has
+    the layer's scale) — then transformed as the model input (``transform``). The held-out part is the ZINB target,
+    with the size factors times ``1 - fraction``.
+
+    Parameters
+    ----------
+    fraction
+        Share of each count's molecules the network reads.
+    method
+        The input layer's normalization: ``"sqrt"``, ``"log1p"`` or ``"total"``.
+    target
+        The row target of that normalization (see :meth:`from_layer`).
+    transform
+        ``"log1p"`` when the model reads ``log1p`` of the layer, else ``"none"``.
+    """
+
+    def __init__(self, fraction: float, method: str, target: float, transform: str) -> None:
+        self.fraction, self.method, self.target, self.transform = float(fraction), method, float(target), transform
+
+    @classmethod
+    def from_layer(cls, X, method: str, *, fraction: float, transform: str) -> LayerMolecules:
+        """The settings for input layer ``X`` written by ``pp.normalize(method=method)``: its row target read off it.
+
+        Every cell with molecules was scaled to the same row sum (of the counts, or of their ``log1p`` for ``sqrt``),
+        so the target is the median positive row sum of the layer taken back to that scale.
+        """
+        from scipy import sparse
+
+        from ..._utils import median_positive
+
+        Y = sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
+        if method == "sqrt":
+            Y = Y.power(2) if sparse.issparse(Y) else np.square(Y)
+        elif method == "log1p":
+            Y = Y.expm1() if sparse.issparse(Y) else np.expm1(Y)
+        return cls(fraction, method, median_positive(np.asarray(Y.sum(axis=1)).ravel()), transform)
+
+    def normalize(self, part: torch.Tensor) -> torch.Tensor:
+        """In place: the counts ``part`` (dense, cells × genes) → the model input."""
+        import torch
+
+        if self.method == "sqrt":
+            part.log1p_()
+        rows = part.sum(dim=1, keepdim=True)
+        part.mul_(torch.where(rows > 0, self.target / rows.clamp_min(1e-12), torch.zeros_like(rows)))
+        if self.method == "sqrt":
+            part.sqrt_()
+        elif self.method == "log1p":
+            part.log1p_()
+        if self.transform == "log1p":
+            part.log1p_()
+        return part
+
+
 class SCVGAEPlan:
-    """scVGAE's training step over a sampler: each epoch hides a fresh ``mask_rate`` of the observed entries, steps.
+    """scVGAE's training step over a sampler: each epoch draws the model input (masked, or a molecule split), steps.
 
     One body for both data paths: the sampler
-    (:class:`~scvgae_sc.tl._models._scvgae_samplers.SCVGAESampler`) draws the epoch's mask and batches and runs the
+    (:class:`~scvgae_sc.tl._models._scvgae_samplers.SCVGAESampler`) draws the epoch's input and batches and runs the
     forward of a batch (the whole-graph encoder, or a cell subgraph with the latent history); the loss is the
     module's (:meth:`~scvgae_sc.nn.SCVGAE.loss`) on the batch's rows. Data-parallel: each rank trains on its share of
     every step's cells (the same draws on every rank).
@@ -38,34 +96,51 @@ class SCVGAEPlan:
         Share of the observed entries hidden from the input each epoch (0: none).
     batch_size
         Cells per step (per rank).
+    molecules
+        The molecules objective (:class:`LayerMolecules`): each epoch the network reads one part of a fresh molecule
+        split and the ZINB term scores the held-out part (Noise2Self for counts); ``None``: the counts themselves.
     loss_kwargs
         ``alpha``, ``kl_weight`` and ``hidden_weight`` of :meth:`~scvgae_sc.nn.SCVGAE.loss`.
     """
 
     def __init__(
-        self, model: Any, sampler: SCVGAESampler, *, mask_rate: float, batch_size: int, **loss_kwargs: float
+        self,
+        model: Any,
+        sampler: SCVGAESampler,
+        *,
+        mask_rate: float,
+        batch_size: int,
+        molecules: LayerMolecules | None = None,
+        **loss_kwargs: float,
     ) -> None:
         self.model, self.sampler = model, sampler
-        self.mask_rate, self.batch_size = mask_rate, batch_size
+        self.mask_rate, self.batch_size, self.molecules = mask_rate, batch_size, molecules
         self.loss_kwargs = loss_kwargs
 
-    def batch_loss(self, module, x_in, hidden, step) -> dict[str, torch.Tensor]:
-        """The loss of one step's cells (``step=None``: all cells)."""
+    def batch_loss(self, module, x_in, hidden, step, held_out=None) -> dict[str, torch.Tensor]:
+        """The loss of one step's cells (``step=None``: all cells); ``held_out``: the molecules objective's target."""
         s = self.sampler
         out, rows = s.forward(module, x_in, step)
         x = s.take(s.x, rows)
-        counts = x if s.counts is None else s.take(s.counts, rows)
+        counts = s.take(held_out if held_out is not None else s.counts, rows) if s.counts is not None else x
         sf = None if s.size_factors is None else s.take(s.size_factors, rows)
+        if held_out is not None and sf is not None:
+            sf = sf * (1.0 - self.molecules.fraction)
         hidden_rows = None if hidden is None else s.take(hidden, rows)
         return self.model.loss(out, x, counts, sf, hidden=hidden_rows, **self.loss_kwargs)
 
     def __call__(self, module, epoch: int):
         """The ``train_step`` of :class:`~scvgae_sc.nn.Trainer`: one loss, or one per batch."""
-        hidden, x_in = self.sampler.epoch_input(module, epoch, self.mask_rate)
+        held_out = None
+        if self.molecules is not None:
+            x_in, held_out = self.sampler.split_molecules(module, epoch, self.molecules)
+            hidden = None
+        else:
+            hidden, x_in = self.sampler.epoch_input(module, epoch, self.mask_rate)
         steps = self.sampler.steps(self.batch_size)
         if steps is None:
-            return self.batch_loss(module, x_in, hidden, None)
-        return (self.batch_loss(module, x_in, hidden, step) for step in steps)
+            return self.batch_loss(module, x_in, hidden, None, held_out)
+        return (self.batch_loss(module, x_in, hidden, step, held_out) for step in steps)
 
 
 class MoleculeSplit:

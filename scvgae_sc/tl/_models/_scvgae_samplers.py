@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from .._output import Evidence
+    from ._plans import LayerMolecules
 
 #: Rows of a block: a NumPy index array, or ``None`` for all cells.
 Rows = np.ndarray | None
@@ -127,6 +128,15 @@ class SCVGAESampler(ABC):
         """``(hidden, x_in)`` of a training epoch: :meth:`mask`, or ``(None, x)`` when ``mask_rate`` is 0."""
 
     @abstractmethod
+    def split_molecules(self, module, epoch: int, molecules: LayerMolecules) -> tuple[Any, Any]:
+        """``(x_in, held_out)`` of a training epoch of the molecules objective (this path's draws).
+
+        Every count of :attr:`counts` is split binomially: ``x_in`` is the model input made of a share
+        ``molecules.fraction`` of its molecules (:meth:`~scvgae_sc.tl._models._plans.LayerMolecules.normalize`),
+        ``held_out`` the rest, as counts (the layout of :attr:`counts`, read through :meth:`take`).
+        """
+
+    @abstractmethod
     def steps(self, batch_size: int) -> list[tuple[torch.Tensor, ...]] | None:
         """An epoch's batches: each step's cells of every rank; ``None`` for one step of all cells."""
 
@@ -209,7 +219,7 @@ class WholeGraphSampler(SCVGAESampler):
         self.world_size, self.rank = world_size, rank
         self.gen = torch.Generator(device=x.device)
         self.gen.manual_seed(0 if random_state is None else int(random_state))
-        self._observed_flat = None
+        self._observed_flat = self._counts_nonzero = None
 
     def mask(self, rate: float):
         """``(hidden, x_in)`` from :func:`hide_observed` (a device tensor pair)."""
@@ -222,6 +232,21 @@ class WholeGraphSampler(SCVGAESampler):
     def epoch_input(self, module, epoch: int, mask_rate: float):
         """A fresh mask each epoch, or the input itself."""
         return self.mask(mask_rate) if mask_rate > 0 else (None, self.x)
+
+    def split_molecules(self, module, epoch: int, molecules: LayerMolecules):
+        """A binomial split of the counts' non-zeros on the device (this sampler's generator)."""
+        import torch
+
+        if self._counts_nonzero is None:  # flat indices and values of the counts' non-zeros
+            flat = torch.nonzero(self.counts.reshape(-1) > 0).squeeze(1)
+            self._counts_nonzero = flat, self.counts.reshape(-1)[flat]
+        flat, values = self._counts_nonzero
+        kept = torch.binomial(values, torch.full_like(values, molecules.fraction), generator=self.gen)
+        x_in = torch.zeros_like(self.counts)
+        x_in.view(-1)[flat] = kept
+        held_out = torch.zeros_like(self.counts)
+        held_out.view(-1)[flat] = values - kept
+        return molecules.normalize(x_in), held_out
 
     def steps(self, batch_size: int):
         """``None`` when one batch holds every cell in one process, else a random permutation's batches."""
@@ -361,6 +386,25 @@ class CellSubgraphSampler(SCVGAESampler):
         if self._history is None:
             self._history, _ = self._embed(module, x_in)
         return hidden, x_in
+
+    def split_molecules(self, module, epoch: int, molecules: LayerMolecules):
+        """A binomial split of the CSR counts on the host (this sampler's generator); the input into the buffer.
+
+        ``held_out`` is CSR with the counts' sparsity. Before the first step, every cell's latent into the history.
+        """
+        import torch
+
+        C = self.counts
+        kept = self.rng.binomial(C.data.astype(np.int64), molecules.fraction).astype(np.float32)
+        part = sparse.csr_matrix((kept, C.indices, C.indptr), shape=C.shape)
+        x_in = self._buffer()
+        for start in range(0, C.shape[0], self.chunk):
+            x_in[start : start + self.chunk] = part[start : start + self.chunk].toarray()
+        molecules.normalize(torch.from_numpy(x_in))  # in place, on the host
+        held_out = sparse.csr_matrix((C.data - kept, C.indices, C.indptr), shape=C.shape)
+        if self._history is None:
+            self._history, _ = self._embed(module, x_in)
+        return x_in, held_out
 
     def steps(self, batch_size: int):
         """A random permutation's batches (:func:`~scvgae_sc.tl._common.epoch_steps`)."""
