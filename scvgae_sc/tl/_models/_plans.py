@@ -60,21 +60,26 @@ class LayerMolecules:
             Y = Y.expm1() if sparse.issparse(Y) else np.expm1(Y)
         return cls(fraction, method, median_positive(np.asarray(Y.sum(axis=1)).ravel()), transform)
 
-    def normalize(self, part: torch.Tensor) -> torch.Tensor:
-        """In place: the counts ``part`` (dense, cells × genes) → the model input."""
+    def normalize(self, values: torch.Tensor, rows: torch.Tensor, n_cells: int) -> torch.Tensor:
+        """In place: the non-zero counts ``values`` of a part, in cells ``rows``, → their model input values.
+
+        Every step maps 0 to 0, so the non-zeros alone are normalized (row sums by ``index_add``) and the caller
+        scatters them into the dense input.
+        """
         import torch
 
         if self.method == "sqrt":
-            part.log1p_()
-        rows = part.sum(dim=1, keepdim=True)
-        part.mul_(torch.where(rows > 0, self.target / rows.clamp_min(1e-12), torch.zeros_like(rows)))
+            values.log1p_()
+        totals = torch.zeros(n_cells, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+        scale = torch.where(totals > 0, self.target / totals.clamp_min(1e-12), torch.zeros_like(totals))
+        values.mul_(scale[rows])
         if self.method == "sqrt":
-            part.sqrt_()
+            values.sqrt_()
         elif self.method == "log1p":
-            part.log1p_()
+            values.log1p_()
         if self.transform == "log1p":
-            part.log1p_()
-        return part
+            values.log1p_()
+        return values
 
 
 class SCVGAEPlan:

@@ -237,16 +237,16 @@ class WholeGraphSampler(SCVGAESampler):
         """A binomial split of the counts' non-zeros on the device (this sampler's generator)."""
         import torch
 
-        if self._counts_nonzero is None:  # flat indices and values of the counts' non-zeros
+        if self._counts_nonzero is None:  # flat indices, values and cells of the counts' non-zeros
             flat = torch.nonzero(self.counts.reshape(-1) > 0).squeeze(1)
-            self._counts_nonzero = flat, self.counts.reshape(-1)[flat]
-        flat, values = self._counts_nonzero
+            self._counts_nonzero = flat, self.counts.reshape(-1)[flat], flat // self.counts.shape[1]
+        flat, values, cells = self._counts_nonzero
         kept = torch.binomial(values, torch.full_like(values, molecules.fraction), generator=self.gen)
-        x_in = torch.zeros_like(self.counts)
-        x_in.view(-1)[flat] = kept
         held_out = torch.zeros_like(self.counts)
         held_out.view(-1)[flat] = values - kept
-        return molecules.normalize(x_in), held_out
+        x_in = torch.zeros_like(self.counts)
+        x_in.view(-1)[flat] = molecules.normalize(kept, cells, self.counts.shape[0])
+        return x_in, held_out
 
     def steps(self, batch_size: int):
         """``None`` when one batch holds every cell in one process, else a random permutation's batches."""
@@ -363,6 +363,7 @@ class CellSubgraphSampler(SCVGAESampler):
         self.rng = np.random.default_rng(random_state)
         self.world_size, self.rank = world_size, rank
         self._x_in: np.ndarray | None = None  # the masked copy, made by the first mask
+        self._count_cells = None
         self._history = None
 
     def _buffer(self) -> np.ndarray:
@@ -396,12 +397,14 @@ class CellSubgraphSampler(SCVGAESampler):
 
         C = self.counts
         kept = self.rng.binomial(C.data.astype(np.int64), molecules.fraction).astype(np.float32)
-        part = sparse.csr_matrix((kept, C.indices, C.indptr), shape=C.shape)
+        held_out = sparse.csr_matrix((C.data - kept, C.indices, C.indptr), shape=C.shape)
+        if self._count_cells is None:  # the cell of each stored count
+            self._count_cells = torch.from_numpy(np.repeat(np.arange(C.shape[0]), np.diff(C.indptr)))
+        values = molecules.normalize(torch.from_numpy(kept), self._count_cells, C.shape[0]).numpy()
+        part = sparse.csr_matrix((values, C.indices, C.indptr), shape=C.shape)
         x_in = self._buffer()
         for start in range(0, C.shape[0], self.chunk):
             x_in[start : start + self.chunk] = part[start : start + self.chunk].toarray()
-        molecules.normalize(torch.from_numpy(x_in))  # in place, on the host
-        held_out = sparse.csr_matrix((C.data - kept, C.indices, C.indptr), shape=C.shape)
         if self._history is None:
             self._history, _ = self._embed(module, x_in)
         return x_in, held_out
