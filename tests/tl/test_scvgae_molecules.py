@@ -10,7 +10,7 @@ from scipy import sparse
 
 import scvgae_sc as sv
 from scvgae_sc.tl._models._plans import LayerMolecules
-from scvgae_sc.tl._models._scvgae_samplers import scvgae_sampler
+from scvgae_sc.tl._models._scvgae_samplers import BinomialCounts, scvgae_sampler
 
 FAST = {"max_epochs": 3, "progress_bar": False, "random_state": 0, "hidden": 16, "decoder_hidden": 16}
 
@@ -109,3 +109,19 @@ def test_molecules_refused_where_it_cannot_run(sqrt_layer, options, reason):
     with pytest.raises(ValueError, match="objective='molecules'") as err:
         sv.tl.impute(sqrt_layer, method="scvgae", layer="sqrt", objective="molecules", **options, **FAST)
     assert reason in str(err.value) and set(sqrt_layer.layers) == before
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_binomial_counts_draws_the_binomial(fraction):
+    values = torch.tensor([0.0, 1.0, 2.0, 4.0, 5.0, 30.0]).repeat(50_000)
+    thinning = BinomialCounts(values, fraction)
+    gen = torch.Generator().manual_seed(0)
+    kept = torch.empty(2, values.numel())
+    kept[:, thinning.order] = torch.stack([thinning.draw(gen), thinning.draw(gen)])
+    assert torch.equal(kept, kept.round()) and bool((kept >= 0).all()) and bool((kept <= values).all())
+    by_count = kept.reshape(2, -1, 6)
+    mean, var = by_count.mean(dim=(0, 1)), by_count[0].var(dim=0)
+    counts = values[:6]
+    torch.testing.assert_close(mean, counts * fraction, rtol=0.02, atol=0.01)
+    torch.testing.assert_close(var, counts * fraction * (1 - fraction), rtol=0.05, atol=0.01)
+    assert not torch.equal(kept[0], kept[1])

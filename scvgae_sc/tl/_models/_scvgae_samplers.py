@@ -77,6 +77,53 @@ def hide_observed(x, observed_flat, mask_rate: float, gen):
     return hidden, x_in
 
 
+#: Counts up to this value are split by :class:`BinomialCounts` from one uniform draw each (most counts are small).
+_SMALL_COUNT = 4
+
+
+class BinomialCounts:
+    """Binomial thinning of fixed counts, drawn again and again: ``Binomial(values, fraction)`` per entry.
+
+    :func:`torch.binomial` costs ~55 ns per entry on a CPU; counts up to :data:`_SMALL_COUNT` (about nine in ten
+    UMI counts) are drawn instead by inverting their cumulative distribution at one uniform number, the others by
+    :func:`torch.binomial`. Same distribution, about a third of the time. The entries are kept in the order
+    :attr:`order` (small counts first): draws come in that order.
+
+    Parameters
+    ----------
+    values
+        The counts (a float tensor of non-negative integers).
+    fraction
+        The success probability: the share of molecules kept.
+    """
+
+    def __init__(self, values: torch.Tensor, fraction: float) -> None:
+        import torch
+        from scipy.stats import binom
+
+        self.fraction = float(fraction)
+        small = values <= _SMALL_COUNT
+        self.order = torch.cat([torch.nonzero(small).squeeze(1), torch.nonzero(~small).squeeze(1)])
+        self.n_small = int(small.sum())
+        self.large = values[self.order[self.n_small :]]
+        # cdf[c, j] = P(Binomial(c, fraction) <= j); a draw u gives #{j : u > cdf[c, j]}
+        cdf = binom.cdf(np.arange(_SMALL_COUNT)[None, :], np.arange(_SMALL_COUNT + 1)[:, None], self.fraction)
+        cdf = torch.from_numpy(cdf.astype(np.float32)).to(values.device)
+        c = values[self.order[: self.n_small]].long()
+        self.thresholds = [cdf[c, j].contiguous() for j in range(_SMALL_COUNT)]
+
+    def draw(self, gen) -> torch.Tensor:
+        """One draw of the kept counts (float, in the order :attr:`order`) from generator ``gen``."""
+        import torch
+
+        u = torch.rand(self.n_small, generator=gen, device=self.large.device)
+        small = (u > self.thresholds[0]).float()
+        for t in self.thresholds[1:]:
+            small += u > t
+        large = torch.binomial(self.large, torch.full_like(self.large, self.fraction), generator=gen)
+        return torch.cat([small, large])
+
+
 #: Rows drawn at a time by :func:`hide_entries` (keeps the random draws' temporary small).
 _MASK_ROWS = 4096
 
@@ -219,7 +266,7 @@ class WholeGraphSampler(SCVGAESampler):
         self.world_size, self.rank = world_size, rank
         self.gen = torch.Generator(device=x.device)
         self.gen.manual_seed(0 if random_state is None else int(random_state))
-        self._observed_flat = self._counts_nonzero = None
+        self._observed_flat = self._split = None
 
     def mask(self, rate: float):
         """``(hidden, x_in)`` from :func:`hide_observed` (a device tensor pair)."""
@@ -237,15 +284,17 @@ class WholeGraphSampler(SCVGAESampler):
         """A binomial split of the counts' non-zeros on the device (this sampler's generator)."""
         import torch
 
-        if self._counts_nonzero is None:  # flat indices, values and cells of the counts' non-zeros
+        if self._split is None:  # the counts' non-zeros (flat indices, cells, thinning) and two buffers
             flat = torch.nonzero(self.counts.reshape(-1) > 0).squeeze(1)
-            self._counts_nonzero = flat, self.counts.reshape(-1)[flat], flat // self.counts.shape[1]
-        flat, values, cells = self._counts_nonzero
-        kept = torch.binomial(values, torch.full_like(values, molecules.fraction), generator=self.gen)
-        held_out = torch.zeros_like(self.counts)
-        held_out.view(-1)[flat] = values - kept
-        x_in = torch.zeros_like(self.counts)
-        x_in.view(-1)[flat] = molecules.normalize(kept, cells, self.counts.shape[0])
+            thinning = BinomialCounts(self.counts.reshape(-1)[flat], molecules.fraction)
+            flat = flat[thinning.order]
+            buffers = torch.empty_like(self.counts), torch.empty_like(self.counts)
+            self._split = flat, flat // self.counts.shape[1], thinning, buffers
+        flat, cells, thinning, (x_in, held_out) = self._split
+        kept = thinning.draw(self.gen)
+        # the buffers are overwritten: the last epoch's steps, backward passes included, are done with them
+        held_out.copy_(self.counts).view(-1)[flat] -= kept
+        x_in.zero_().view(-1)[flat] = molecules.normalize(kept, cells, self.counts.shape[0])
         return x_in, held_out
 
     def steps(self, batch_size: int):
