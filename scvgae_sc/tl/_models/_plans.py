@@ -127,10 +127,11 @@ class SCVGAEPlan:
         s = self.sampler
         out, rows = s.forward(module, x_in, step)
         x = s.take(s.x, rows)
-        counts = s.take(held_out if held_out is not None else s.counts, rows) if s.counts is not None else x
         sf = None if s.size_factors is None else s.take(s.size_factors, rows)
-        if held_out is not None and sf is not None:
-            sf = sf * (1.0 - self.molecules.fraction)
+        if held_out is not None:  # the molecules objective: the held-out part, at its share of the library
+            counts, sf = s.take(held_out, rows), sf * (1.0 - self.molecules.fraction)
+        else:
+            counts = x if s.counts is None else s.take(s.counts, rows)
         hidden_rows = None if hidden is None else s.take(hidden, rows)
         return self.model.loss(out, x, counts, sf, hidden=hidden_rows, **self.loss_kwargs)
 

@@ -87,7 +87,7 @@ class BinomialCounts:
     :func:`torch.binomial` costs ~55 ns per entry on a CPU; counts up to :data:`_SMALL_COUNT` (about nine in ten
     UMI counts) are drawn instead by inverting their cumulative distribution at one uniform number, the others by
     :func:`torch.binomial`. Same distribution, about a third of the time. The entries are kept in the order
-    :attr:`order` (small counts first): draws come in that order.
+    :attr:`order` (small counts first): :attr:`values` and the draws come in that order.
 
     Parameters
     ----------
@@ -105,7 +105,8 @@ class BinomialCounts:
         small = values <= _SMALL_COUNT
         self.order = torch.cat([torch.nonzero(small).squeeze(1), torch.nonzero(~small).squeeze(1)])
         self.n_small = int(small.sum())
-        self.large = values[self.order[self.n_small :]]
+        self.values = values[self.order]
+        self.large = self.values[self.n_small :]
         # cdf[c, j] = P(Binomial(c, fraction) <= j); a draw u gives #{j : u > cdf[c, j]}
         cdf = binom.cdf(np.arange(_SMALL_COUNT)[None, :], np.arange(_SMALL_COUNT + 1)[:, None], self.fraction)
         cdf = torch.from_numpy(cdf.astype(np.float32)).to(values.device)
@@ -281,20 +282,25 @@ class WholeGraphSampler(SCVGAESampler):
         return self.mask(mask_rate) if mask_rate > 0 else (None, self.x)
 
     def split_molecules(self, module, epoch: int, molecules: LayerMolecules):
-        """A binomial split of the counts' non-zeros on the device (this sampler's generator)."""
+        """A binomial split of the counts' non-zeros on the device (this sampler's generator).
+
+        The first split keeps the counts as their non-zeros and releases the dense :attr:`counts`.
+        """
         import torch
 
-        if self._split is None:  # the counts' non-zeros (flat indices, cells, thinning) and two buffers
+        if self._split is None:
+            # from here on the counts are their non-zeros (flat indices, cells, thinning), plus two buffers
             flat = torch.nonzero(self.counts.reshape(-1) > 0).squeeze(1)
             thinning = BinomialCounts(self.counts.reshape(-1)[flat], molecules.fraction)
             flat = flat[thinning.order]
             buffers = torch.empty_like(self.counts), torch.empty_like(self.counts)
             self._split = flat, flat // self.counts.shape[1], thinning, buffers
+            self.counts = None
         flat, cells, thinning, (x_in, held_out) = self._split
         kept = thinning.draw(self.gen)
         # the buffers are overwritten: the last epoch's steps, backward passes included, are done with them
-        held_out.copy_(self.counts).view(-1)[flat] -= kept
-        x_in.zero_().view(-1)[flat] = molecules.normalize(kept, cells, self.counts.shape[0])
+        held_out.zero_().view(-1)[flat] = thinning.values - kept
+        x_in.zero_().view(-1)[flat] = molecules.normalize(kept, cells, x_in.shape[0])
         return x_in, held_out
 
     def steps(self, batch_size: int):
