@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,20 +44,6 @@ if TYPE_CHECKING:
 Rows = np.ndarray | None
 #: A block's neighbourhood statistics ``(rate, graph_mean)`` on the device (see :meth:`SCVGAESampler.neighbourhood`).
 Stats = Callable[[Rows], tuple[Any, Any]]
-
-
-@contextmanager
-def evaluating(module) -> Iterator[None]:
-    """``module`` in eval mode and without gradients for the block; its mode is restored afterwards."""
-    import torch
-
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
 
 
 def hide_observed(x, observed_flat, mask_rate: float, gen):
@@ -204,7 +189,7 @@ class SCVGAESampler(ABC):
     def reconstructions(
         self, module, x_in, output: str = "recon", evidence: Evidence | None = None
     ) -> tuple[torch.Tensor, Iterator[tuple[Rows, torch.Tensor]]]:
-        """``(z, blocks)`` of the module in eval mode without gradients (see :func:`evaluating`).
+        """``(z, blocks)`` of the module in eval mode without gradients (see :func:`~scvgae_sc.tl._common.evaluating`).
 
         ``z`` is every cell's latent; ``blocks`` yields ``(rows, prediction)``, the heads'
         :func:`~scvgae_sc.tl._output.prediction` for ``output`` (given the cells' own counts when ``evidence`` is
