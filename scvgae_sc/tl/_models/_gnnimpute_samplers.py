@@ -35,7 +35,7 @@ import numpy as np
 from scipy import sparse
 
 from .._common import edge_tensors, epoch_steps, evaluating
-from .._subgraph import SubgraphSampler
+from .._subgraph import SubgraphSampler, write_history
 
 if TYPE_CHECKING:
     import torch
@@ -400,22 +400,8 @@ class GNNImputeSubgraphSampler(GNNImputeSampler):
         h2 = module.conv2((h1_nodes.to(h1.dtype), h1), edge_index)
         z = module.dropout(torch.relu(module.bn2(h2)))
         recon = module.decoder(z).float() * factors[rows].unsqueeze(1)
-        self._remember(h1, step, rows)
+        write_history(self._history, h1, step, rows)  # every rank's batch, gathered, when data-parallel
         return {"recon": recon}, rows
-
-    def _remember(self, h1, step, rows) -> None:
-        """The batch's first-layer rows into the history (every rank's, gathered, when data-parallel)."""
-        import torch
-
-        from ...nn._distributed import all_gather_rows
-
-        with torch.no_grad():
-            if self.world_size > 1:
-                gathered = all_gather_rows(h1.detach().float(), [len(b) for b in step])
-                for rows_b, h_b in zip(step, gathered, strict=True):
-                    self._history[rows_b] = h_b
-            else:
-                self._history[rows] = h1.detach().float()
 
     def forward_all(self, module, x_in, factors=None):
         """The network in chunks of cells (:func:`forward_chunked`): the same numbers, attention messages per chunk."""

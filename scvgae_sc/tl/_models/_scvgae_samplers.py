@@ -32,7 +32,7 @@ from scipy import sparse
 from ..._utils import to_dense_array
 from .._common import Neighbourhood, dense_tensor, edge_tensors, epoch_steps, neighbourhood_operator
 from .._output import layer_values, prediction
-from .._subgraph import SubgraphSampler, gcn_adjacency
+from .._subgraph import SubgraphSampler, gcn_adjacency, write_history
 
 if TYPE_CHECKING:
     import torch
@@ -466,22 +466,8 @@ class CellSubgraphSampler(SCVGAESampler):
         else:
             h_rows = z_rows
         out = module.decode(h_rows, z_rows, _to(x_in[rows], dev), r)
-        self._remember(z_rows, step, r)
+        write_history(self._history, z_rows, step, r)  # every rank's batch latents, gathered, when data-parallel
         return out, rows
-
-    def _remember(self, z_rows, step, r) -> None:
-        """The batch latents into the history (every rank's, gathered, when data-parallel)."""
-        import torch
-
-        from ...nn._distributed import all_gather_rows
-
-        with torch.no_grad():
-            if self.world_size > 1:
-                gathered = all_gather_rows(z_rows.detach().float(), [len(b) for b in step])
-                for rows_b, z_b in zip(step, gathered, strict=True):
-                    self._history[rows_b.to(self.device)] = z_b
-            else:
-                self._history[r] = z_rows.detach().float()
 
     def take(self, values, rows):
         """``values[rows]`` on the device (CSR rows densified)."""
