@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -376,3 +378,17 @@ def least_squares_scale(pred, truth) -> float:
     pred, truth = pred.double(), truth.double()
     denom = float(pred.pow(2).sum())
     return float((pred * truth).sum()) / denom if denom > 0 else 1.0
+
+
+@contextmanager
+def evaluating(module) -> Iterator[None]:
+    """``module`` in eval mode and without gradients for the block; its mode is restored afterwards."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)

@@ -88,3 +88,23 @@ class SubgraphSampler:
             index, torch.from_numpy(sub.data), size=(len(rows), len(nodes)), check_invariants=False
         ).to(device)
         return nodes, P_local
+
+
+def write_history(history: torch.Tensor, values: torch.Tensor, step: tuple[torch.Tensor, ...], rows) -> None:
+    """Refresh a history buffer's rows of a batch with the batch's ``values`` (detached, float32).
+
+    ``step`` holds every rank's cells of the optimizer step (:func:`~scvgae_sc.tl._common.epoch_steps`), ``rows``
+    this rank's, on the history's device. With several ranks the values of all ranks are gathered into every rank's
+    history, which thus stays the same on every rank.
+    """
+    import torch
+
+    from ..nn._distributed import all_gather_rows
+
+    with torch.no_grad():
+        if len(step) > 1:
+            gathered = all_gather_rows(values.detach().float(), [len(b) for b in step])
+            for rows_b, values_b in zip(step, gathered, strict=True):
+                history[rows_b.to(history.device)] = values_b
+        else:
+            history[rows] = values.detach().float()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import scvgae_sc as sv
-from scvgae_sc.tl._models._plans import MoleculeSplit
+from scvgae_sc.tl._models._gnnimpute_samplers import MoleculeSplit
 from scvgae_sc.tl._output import NB_THETA_GRID, Evidence, nb_dispersion
 
 FAST = {"max_epochs": 4, "progress_bar": False, "random_state": 0, "hidden": 16, "latent": 8}

@@ -193,7 +193,7 @@ def test_gnnimpute_subgraph_training(masked):
 
 def test_gnnimpute_chunked_forward_equals_the_whole_graph_forward():
     from scvgae_sc.nn import GNNImputeModule
-    from scvgae_sc.tl._models._gnnimpute_subgraph import forward_chunked
+    from scvgae_sc.tl._models._gnnimpute_samplers import forward_chunked
 
     n, g = 70, 20
     A = _graph(n, seed=5)

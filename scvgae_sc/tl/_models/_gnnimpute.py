@@ -10,12 +10,12 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from ..._utils import to_dense_array
-from .._common import edge_tensors, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._common import evaluating, history_arrays, progress_enabled, resolve_graph, size_factors
 from .._output import Evidence, finish_blocks, fit_fill_flat, nb_dispersion, nb_posterior_rows
 from ._base import ImputationModel, ImputeResult
-from ._gnnimpute_subgraph import graph_forward
+from ._gnnimpute_samplers import GNNImputeSampler, MoleculeSplit, Training, gnnimpute_sampler
 from ._options import GNNImputeOptions, check_split
-from ._plans import GNNImputePlan, MoleculeSplit
+from ._plans import GNNImputePlan
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -235,9 +235,7 @@ def gnnimpute_input(X) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def predict_gnnimpute(
     module,
-    x,
-    edge_index,
-    target,
+    sampler: GNNImputeSampler,
     *,
     output: str,
     fill_gate: float = 0.0,
@@ -245,51 +243,51 @@ def predict_gnnimpute(
     fill_hops: int = 1,
     graph_weight: float = 0.0,
     fill_symmetric: bool = False,
-    graph: sparse.spmatrix | None = None,
-    batching: str = "full",
-    chunk: int = 512,
     theta: np.ndarray | list | None = None,
     evidence: Evidence | None = None,
     forward: dict | None = None,
 ):
-    """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` and its input ``x``.
+    """``(pred, imputed, latent)`` from a trained :class:`~scvgae_sc.nn.GNNImputeModule` on its sampler's input.
 
-    ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and ``latent``
-    float32 NumPy arrays; ``target`` is the input layer as a dense tensor. ``fill_gate`` and ``graph_weight``
-    need the cell ``graph`` (see :func:`gnnimpute_options`); ``fill_scale`` and ``graph_weight`` are the fitted
-    weights of the prediction and of the graph's ``fill_hops`` neighbourhood mean, ``fill_symmetric`` whether that
-    neighbourhood is a walk on the symmetrized, unweighted graph (:class:`Neighbourhood`; the defaults are those of
-    models saved before these options existed). The one prediction path of
-    a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`). ``batching="subgraph"``
-    runs the network in chunks of ``chunk`` cells on ``graph`` (the same numbers, less memory). With ``theta`` (the
-    per-gene dispersion, ``posterior=True``) the denoised output is the posterior given each cell's counts
-    (``evidence``), the decoder output its prior mean (:func:`~scvgae_sc.tl._output.nb_posterior`). ``forward``: the
-    network's output on ``x`` when already computed (:func:`evaluate`), so that it is not run again.
+    The one prediction path of a training run and of saved models (:class:`~scvgae_sc.tl.ImputationModel`), for
+    both data paths: the ``sampler`` (:func:`~scvgae_sc.tl._models._gnnimpute_samplers.gnnimpute_sampler`) runs the
+    network over all cells (:meth:`~scvgae_sc.tl._models._gnnimpute_samplers.GNNImputeSampler.evaluate`: in one
+    pass, or in chunks of cells on subgraphs, the same numbers with less memory) and holds the input layer and the
+    cell graph. ``pred`` is the model output (a tensor on the input layer's scale, clamped at 0), ``imputed`` and
+    ``latent`` float32 NumPy arrays. ``fill_gate`` and ``graph_weight`` use the cell graph (see
+    :func:`gnnimpute_options`); ``fill_scale`` and ``graph_weight`` are the fitted weights of the prediction and of
+    the graph's ``fill_hops`` neighbourhood mean, ``fill_symmetric`` whether that neighbourhood is a walk on the
+    symmetrized, unweighted graph (:class:`Neighbourhood`; the defaults are those of models saved before these
+    options existed). With ``theta`` (the per-gene dispersion, ``posterior=True``) the denoised output is the
+    posterior given each cell's counts (``evidence``), the decoder output its prior mean
+    (:func:`~scvgae_sc.tl._output.nb_posterior`). ``forward``: the network's output on the sampler's input when
+    already computed, so that it is not run again.
     """
-    out = forward if forward is not None else evaluate(module, x, edge_index, graph, batching=batching, chunk=chunk)
+    out = forward if forward is not None else sampler.evaluate(module)
     pred = out["recon"].float().clamp_min(0)
     if theta is not None and output == "denoised":
         if evidence is None:
             raise ValueError("the posterior of output='denoised' needs the cells' counts (evidence)")
-        pred = nb_posterior_rows(pred, theta, evidence, chunk=chunk)
+        pred = nb_posterior_rows(pred, theta, evidence, chunk=sampler.chunk)
     fill = {"fill_gate": fill_gate, "fill_scale": fill_scale, "fill_hops": fill_hops, "graph_weight": graph_weight}
-    imputed = finish_blocks(pred, target, graph, output=output, fill_symmetric=fill_symmetric, **fill)
+    imputed = finish_blocks(pred, sampler.target, sampler.graph, output=output, fill_symmetric=fill_symmetric, **fill)
     imputed = imputed.cpu().numpy()
     latent = out["z"].float().cpu().numpy()
     return pred, np.ascontiguousarray(imputed, dtype=np.float32), np.ascontiguousarray(latent, dtype=np.float32)
 
 
-def evaluate(module, x, edge_index, graph, *, batching: str, chunk: int) -> dict:
-    """The network's whole-graph output in eval mode, without gradients (``recon`` on the input layer's scale)."""
-    import torch
+def fit_fill(module, sampler: GNNImputeSampler, *, fill_gate: float, fill_hops: int, graph_fill: bool):
+    """Fill weights ``(fill_scale, graph_weight)`` fitted on a fresh mask of the observed non-zeros.
 
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            return graph_forward(module, x, edge_index, graph, batching=batching, chunk=chunk)
-    finally:
-        module.train(was_training)
+    The sampler hides a fresh share of the observed non-zeros (its own random draws); the network's output for the
+    input without them (an exact pass over all cells) and the graph's neighbourhood mean, computed without them
+    too, are fitted to the hidden values (:func:`~scvgae_sc.tl._output.fit_fill_flat`).
+    """
+    hidden = sampler.draw_mask()
+    with evaluating(module):
+        recon = sampler.forward_all(module, sampler.corrupt(hidden))["recon"]
+    kwargs = {"fill_gate": fill_gate, "fill_hops": fill_hops, "graph_fill": graph_fill}
+    return fit_fill_flat(recon, sampler.target, sampler.observed[hidden], sampler.graph, **kwargs)
 
 
 class GNNImputeModel(ImputationModel):
@@ -328,11 +326,12 @@ class GNNImputeModel(ImputationModel):
 
         Xlin, _, Xz, _ = gnnimpute_input(X)
         x, target = torch.from_numpy(Xz).to(dev), torch.from_numpy(Xlin).to(dev)
-        edge_index, _ = edge_tensors(self.graph, dev)
         pk = dict(self.config["predict_kwargs"])
+        batching, chunk = pk.pop("batching", "full"), pk.pop("chunk", 512)
         if pk.get("theta") is not None:
             pk["evidence"] = self._evidence(adata)
-        _, imputed, latent = predict_gnnimpute(self.module, x, edge_index, target, graph=self.graph, **pk)
+        sampler = gnnimpute_sampler(batching, self.module, x, target, self.graph, chunk=chunk)
+        _, imputed, latent = predict_gnnimpute(self.module, sampler, **pk)
         return imputed, latent
 
     def _fit(
@@ -352,29 +351,31 @@ class GNNImputeModel(ImputationModel):
         run.check(provided_graph)
         dev = resolve_device(device)
         _warn_normalization(normalization)
-        plan, model, A, graph_info = _prepare(run, X, counts, provided_graph, batch_labels, dev)
+        plan, model, sampler, A, graph_info = _prepare(run, X, counts, provided_graph, batch_labels, dev)
         trainer = run.trainer(model, dev)
         start = logg.info(
             f"    training GNNImpute on {run.n_cells} cells × {run.n_genes} genes ({run.n_train} training, "
             f"{run.n_val} validation, {run.n_test} test cells), {A.nnz} edges, {dev}"
         )
-        history = trainer.fit(plan.train_step(), plan.val_step if run.early_stopping else None)
-        weights = _fit_fill(run, plan, trainer, A)
+        history = trainer.fit(plan, plan.val_step if run.early_stopping else None)
+        sampler.end_training()
+        weights = (1.0, 0.0)
+        if run.fit_fill:  # on a fresh mask: entries the network never saw
+            weights = fit_fill(model, sampler, fill_gate=run.gate, fill_hops=run.fill_hops, graph_fill=run.graph_fill)
         predict_kwargs = run.predict_kwargs(*weights)
-        evidence = Evidence(counts, plan.sf.cpu().numpy()) if run.posterior else None
-        forward = evaluate(model, plan.x, plan.edge_index, A, batching=run.batching, chunk=plan.chunk)
+        evidence = Evidence(counts, sampler.sf.cpu().numpy()) if run.posterior else None
+        forward = sampler.evaluate(model)
         if run.posterior:  # the per-gene dispersion of the counts around the trained decoder's means
             predict_kwargs["theta"] = nb_dispersion(forward["recon"].float().clamp_min(0), evidence).tolist()
-        pred, imputed, latent = predict_gnnimpute(
-            model, plan.x, plan.edge_index, plan.target, graph=A, evidence=evidence, forward=forward, **predict_kwargs
-        )
+        output_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("batching", "chunk")}
+        pred, imputed, latent = predict_gnnimpute(model, sampler, evidence=evidence, forward=forward, **output_kwargs)
         del forward
         if run.test_cells.any():
             import torch
             import torch.nn.functional as F
 
             test_rows = torch.from_numpy(np.flatnonzero(run.test_cells)).to(dev)
-            history["test_mse"] = float(F.mse_loss(pred[test_rows], plan.target[test_rows]))
+            history["test_mse"] = float(F.mse_loss(pred[test_rows], sampler.target[test_rows]))
         logg.debug(f"    stopped after {history['n_epochs']} epochs (best epoch {history['best_epoch']})", time=start)
         return ImputeResult(
             imputed=np.ascontiguousarray(imputed, dtype=np.float32),
@@ -524,7 +525,7 @@ def _resolve_objective(options: GNNImputeOptions, normalization: str | None) -> 
 
 
 def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
-    """``(plan, module, graph, graph_info)``: the model input, the graph, the initialized module, the plan."""
+    """``(plan, module, sampler, graph, graph_info)``: the graph, the initialized module, its data path and plan."""
     import torch
 
     Xlin, Xlog, Xz, zero_z = gnnimpute_input(X)  # model input: log1p, then z-score per gene
@@ -551,10 +552,6 @@ def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
     x = torch.from_numpy(Xz).to(dev)
     del Xz
     sf = torch.from_numpy(size_factors(counts, batch_labels)).to(dev)
-    target = torch.from_numpy(Xlin).to(dev)
-    edge_index, _ = edge_tensors(A, dev)
-    # whole-graph passes aggregate attention by sparse products (CPU, CUDA); the edges are sorted once here
-    edge_index = model.attention_graph(edge_index, run.n_cells) or edge_index
     gen = torch.Generator(device=dev)
     gen.manual_seed(0 if run.random_state is None else int(run.random_state))
     molecules = None
@@ -562,35 +559,11 @@ def _prepare(run: _GNNImputeRun, X, counts, provided_graph, batch_labels, dev):
         mean, std = (torch.from_numpy(v).to(dev) for v in stats)
         counts_csr = sparse.csr_matrix(counts, dtype=np.float32)
         molecules = MoleculeSplit(counts_csr, sf, mean, std, fraction=MOLECULE_FRACTION, gen=gen)
-    plan = GNNImputePlan(
-        model,
-        x,
-        torch.from_numpy(zero_z).to(dev),
-        target,
-        sf,
-        edge_index,
-        A,
-        (run.train_cells, run.val_cells),
-        mask_rate=run.mask_rate,
-        mask_weight=run.mask_weight,
-        gen=gen,
-        batching=run.batching,
-        chunk=run.chunk,
-        molecules=molecules,
-    )
-    return plan, model, A, graph_info
-
-
-def _fit_fill(run: _GNNImputeRun, plan: GNNImputePlan, trainer, A) -> tuple[float, float]:
-    """Fill weights ``(fill_scale, graph_weight)`` on a fresh mask of the observed non-zeros (``(1, 0)``: no fit).
-
-    The weights from fill values (and the graph's neighbourhood mean, computed without the hidden entries) to the
-    hidden values (:func:`~scvgae_sc.tl._output.fit_fill_flat`). ``fill_scale="auto"`` alone does not fit a scale:
-    the model is trained on the layer's own scale.
-    """
-    if not run.fit_fill:
-        return 1.0, 0.0
-    hidden = plan.draw_mask()  # a fresh mask of the observed non-zeros
-    recon = trainer.predict(lambda m: plan.forward(m, plan.corrupt(hidden)))["recon"]
-    kwargs = {"fill_gate": run.gate, "fill_hops": run.fill_hops, "graph_fill": run.graph_fill}
-    return fit_fill_flat(recon, plan.target, plan.observed[hidden], A, **kwargs)
+    # a mask weight of 0 trains without masking (the sampler then draws no mask)
+    mask_rate = run.mask_rate if run.mask_weight > 0 else 0.0
+    cells = (run.train_cells, run.val_cells)
+    training = Training(torch.from_numpy(zero_z).to(dev), sf, cells, mask_rate, gen, molecules)
+    target = torch.from_numpy(Xlin).to(dev)
+    sampler = gnnimpute_sampler(run.batching, model, x, target, A, chunk=run.chunk, training=training)
+    plan = GNNImputePlan(model, sampler, mask_weight=run.mask_weight, batch_size=run.chunk)
+    return plan, model, sampler, A, graph_info

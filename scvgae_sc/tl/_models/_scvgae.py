@@ -8,12 +8,12 @@ import numpy as np
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._common import FillWeightFit, gated, history_arrays, progress_enabled, resolve_graph, size_factors
+from .._common import FillWeightFit, evaluating, gated, history_arrays, progress_enabled, resolve_graph, size_factors
 from .._output import Evidence, add_fill_rows, finish_all_cells, finish_rows
 from ._base import ImputationModel, ImputeResult
 from ._options import SCVGAE_AUTO_TRAINING, SCVGAEOptions
 from ._plans import LayerMolecules, SCVGAEPlan
-from ._scvgae_samplers import SCVGAESampler, evaluating, scvgae_sampler
+from ._scvgae_samplers import SCVGAESampler, scvgae_sampler
 
 if TYPE_CHECKING:
     from anndata import AnnData

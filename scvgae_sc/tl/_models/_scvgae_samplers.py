@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from scipy import sparse
 from ..._utils import to_dense_array
 from .._common import Neighbourhood, dense_tensor, edge_tensors, epoch_steps, neighbourhood_operator
 from .._output import layer_values, prediction
-from .._subgraph import SubgraphSampler, gcn_adjacency
+from .._subgraph import SubgraphSampler, gcn_adjacency, write_history
 
 if TYPE_CHECKING:
     import torch
@@ -45,20 +44,6 @@ if TYPE_CHECKING:
 Rows = np.ndarray | None
 #: A block's neighbourhood statistics ``(rate, graph_mean)`` on the device (see :meth:`SCVGAESampler.neighbourhood`).
 Stats = Callable[[Rows], tuple[Any, Any]]
-
-
-@contextmanager
-def evaluating(module) -> Iterator[None]:
-    """``module`` in eval mode and without gradients for the block; its mode is restored afterwards."""
-    import torch
-
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(was_training)
 
 
 def hide_observed(x, observed_flat, mask_rate: float, gen):
@@ -205,7 +190,7 @@ class SCVGAESampler(ABC):
     def reconstructions(
         self, module, x_in, output: str = "recon", evidence: Evidence | None = None
     ) -> tuple[torch.Tensor, Iterator[tuple[Rows, torch.Tensor]]]:
-        """``(z, blocks)`` of the module in eval mode without gradients (see :func:`evaluating`).
+        """``(z, blocks)`` of the module in eval mode without gradients (see :func:`~scvgae_sc.tl._common.evaluating`).
 
         ``z`` is every cell's latent; ``blocks`` yields ``(rows, prediction)``, the heads'
         :func:`~scvgae_sc.tl._output.prediction` for ``output`` (given the cells' own counts when ``evidence`` is
@@ -487,22 +472,8 @@ class CellSubgraphSampler(SCVGAESampler):
         else:
             h_rows = z_rows
         out = module.decode(h_rows, z_rows, _to(x_in[rows], dev), r)
-        self._remember(z_rows, step, r)
+        write_history(self._history, z_rows, step, r)  # every rank's batch latents, gathered, when data-parallel
         return out, rows
-
-    def _remember(self, z_rows, step, r) -> None:
-        """The batch latents into the history (every rank's, gathered, when data-parallel)."""
-        import torch
-
-        from ...nn._distributed import all_gather_rows
-
-        with torch.no_grad():
-            if self.world_size > 1:
-                gathered = all_gather_rows(z_rows.detach().float(), [len(b) for b in step])
-                for rows_b, z_b in zip(step, gathered, strict=True):
-                    self._history[rows_b.to(self.device)] = z_b
-            else:
-                self._history[r] = z_rows.detach().float()
 
     def take(self, values, rows):
         """``values[rows]`` on the device (CSR rows densified)."""
