@@ -470,9 +470,10 @@ _TABLES = {
 
 
 def _row_label(r: dict, group: str) -> str:
-    """A table row's name: the record's ``group`` value, and its input pipeline in brackets when one was named."""
-    pipeline = r.get("pipeline")
-    return f"{r[group]} [{pipeline}]" if pipeline not in (None, "default") else str(r[group])
+    """A table row's name: the record's ``group`` value (its method where it has none, e.g. a rival's record in an
+    ablation's file), and its input pipeline in brackets when one was named."""
+    pipeline, name = r.get("pipeline"), r.get(group, r["method"])
+    return f"{name} [{pipeline}]" if pipeline not in (None, "default") else str(name)
 
 
 def summarize(records: list[dict], group: str = "method") -> str:

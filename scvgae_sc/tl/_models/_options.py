@@ -241,7 +241,7 @@ def _check_plain_number(name: str, value: Any, *, positive: bool = False) -> Non
 #: What ``"auto"`` training settings of scVGAE become, by output (chosen on the molecular cross-validation and the
 #: masked benchmarks; ``max_epochs`` when ``tl.impute(max_epochs=None)``).
 SCVGAE_AUTO_TRAINING: dict[str, dict[str, Any]] = {
-    "denoised": {"alpha": 0.0, "mask_rate": 0.0, "lr": 3e-3, "max_epochs": 50, "heads": "linear"},
+    "denoised": {"alpha": 0.0, "mask_rate": 0.0, "lr": 3e-3, "max_epochs": 40, "heads": "linear"},
     "fill": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100, "heads": "gcn"},
     "recon": {"alpha": 0.05, "mask_rate": 0.1, "lr": 1e-3, "max_epochs": 100, "heads": "gcn"},
 }

@@ -48,16 +48,18 @@ def scvgae_options() -> dict[str, Any]:
         whole input layer. It needs ``zinb_target="counts"``, ``mask_rate=0`` and an input layer written by
         ``pp.normalize``. ``"auto"``: ``"molecules"`` for ``output="denoised"`` where it can run, ``"reconstruct"``
         elsewhere (``objective_used`` in ``uns[key]["params"]``). On molecular cross-validation (seed 0) the
-        denoised output scored 0.0502 against 0.0506 with the reconstruction objective on pbmc3k and 0.1055
-        against 0.1091 on pbmc68k; see the Benchmarks page of the documentation. Fresh splits each epoch let the
-        model see every molecule over many epochs, so it starts to fit the counts again after about 50 epochs
-        (pbmc3k: 0.0503 after 30 epochs, 0.0502 after 50, 0.0505 after 70).
+        denoised output scored 0.0501, 0.1059, 0.0599 and 0.0625 on pbmc3k, pbmc68k, bladder and baron_mouse
+        (seeds 0–2) against 0.0504, 0.1096, 0.0598 and 0.0623 with the reconstruction objective; see the Benchmarks
+        page of the documentation. Fresh splits each epoch let the model see every molecule over many epochs, so
+        it starts to fit the counts again after about 50 epochs (pbmc3k, seed 0: 0.0503 after 30 epochs, 0.0502
+        after 40 and 50, 0.0505 after 70; pbmc68k 0.1050 after 40, 0.1056 after 50; baron_mouse 0.0627 after 40,
+        0.0626 after 50): the default trains 40 epochs. One fixed split for all epochs scored 0.0518.
     ``alpha`` (``"auto"``)
         Weight of the reconstruction MSE; ``1 - alpha`` weighs the ZINB negative log-likelihood of the raw
         counts (the paper's text: ``α·L_recon + (1 − α)·L_ZINB``; both mean-reduced, so α means what it says).
         ``"auto"``, like ``lr``, ``mask_rate`` and ``tl.impute(max_epochs=None)``, takes the setting chosen for the
         ``output``: with ``"denoised"`` only the count model is trained (``alpha=0``, ``mask_rate=0``,
-        ``lr=3e-3``, 50 epochs, see ``objective``); with
+        ``lr=3e-3``, 40 epochs, see ``objective``); with
         ``"fill"`` or ``"recon"`` the published objective (``alpha=0.05``, ``mask_rate=0.1``, ``lr=1e-3``,
         100 epochs). The values used are in ``uns[key]["params"]`` (``alpha_used``, ``lr_used``,
         ``mask_rate_used``, ``max_epochs_used``).
@@ -108,10 +110,9 @@ def scvgae_options() -> dict[str, Any]:
         expression: a detected count gives :math:`(\theta + y) / (\theta / M + s)` (``s`` the size factor), a
         zero weighs "dropout" (the prior mean) against "not expressed" by their likelihoods. Genes with little
         variation between similar cells keep the model's mean; the others follow the cell's counts. On pbmc3k it
-        lowered the molecular cross-validation loss by 4 % (0.0529 → 0.0506, seed 0) and raised the Leiden ARI
-        from 0.695 to 0.733 (3 seeds, un-imputed 0.702; see the Benchmarks page); ``False`` gives the count
-        model's mean alone. Needs ``zinb_target="counts"``; predicting with a saved model then needs the counts
-        layer it was trained with.
+        lowered the molecular cross-validation loss by 4 % (0.0525 → 0.0502, seed 0; see the Benchmarks page);
+        ``False`` gives the count model's mean alone. Needs ``zinb_target="counts"``; predicting with a saved model
+        then needs the counts layer it was trained with.
     ``fill_gate`` (0.4)
         With ``output="fill"``: how a zero's fill value depends on its neighbourhood. Where the gene is detected
         in at least this fraction of the cell's graph neighbourhood (itself included), the zero gets the full
