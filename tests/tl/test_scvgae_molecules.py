@@ -32,6 +32,8 @@ def test_all_molecules_normalize_as_the_layer(counts, method, transform):
     layer = adata.layers["layer"]
     molecules = LayerMolecules.from_layer(layer, method, fraction=0.5, transform=transform)
     dense = layer.toarray() if sparse.issparse(layer) else np.asarray(layer)
+    from_dense = LayerMolecules.from_layer(dense, method, fraction=0.5, transform=transform)
+    assert from_dense.target == pytest.approx(molecules.target, rel=1e-6)
     expected = np.log1p(dense) if transform == "log1p" else dense
     C = torch.from_numpy(counts)
     flat = torch.nonzero(C.reshape(-1) > 0).squeeze(1)

@@ -55,12 +55,18 @@ class LayerMolecules:
 
         from ..._utils import median_positive
 
-        Y = sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
-        if method == "sqrt":
-            Y = Y.power(2) if sparse.issparse(Y) else np.square(Y)
-        elif method == "log1p":
-            Y = Y.expm1() if sparse.issparse(Y) else np.expm1(Y)
-        return cls(fraction, method, median_positive(np.asarray(Y.sum(axis=1)).ravel()), transform)
+        def back(Y):  # the layer's values on the scale its rows were scaled on
+            return np.square(Y) if method == "sqrt" else np.expm1(Y) if method == "log1p" else Y
+
+        if sparse.issparse(X):
+            Y = sparse.csr_matrix(X, dtype=np.float64)
+            Y.data = back(Y.data)
+            totals = np.asarray(Y.sum(axis=1)).ravel()
+        else:  # row blocks: no float64 copy of a dense layer
+            totals = np.concatenate(
+                [back(np.asarray(X[i : i + 4096], dtype=np.float64)).sum(axis=1) for i in range(0, X.shape[0], 4096)]
+            )
+        return cls(fraction, method, median_positive(totals), transform)
 
     def normalize(self, values: torch.Tensor, rows: torch.Tensor, n_cells: int) -> torch.Tensor:
         """In place: the non-zero counts ``values`` of a part, in cells ``rows``, → their model input values.
