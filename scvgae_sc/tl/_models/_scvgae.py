@@ -50,12 +50,12 @@ def scvgae_options() -> dict[str, Any]:
         elsewhere (``objective_used`` in ``uns[key]["params"]``). On molecular cross-validation the denoised
         output scored 0.0500, 0.1053, 0.0600 and 0.0626 on pbmc3k, pbmc68k, bladder and baron_mouse (seeds 0–2,
         40 epochs) against 0.0504, 0.1096, 0.0598 and 0.0623 with the reconstruction objective and 50 epochs; at
-        40 epochs the reconstruction objective scored 0.0502 on pbmc3k (the same) and 0.1072 on pbmc68k (0.1050 with
-        molecules; seed 0); see the Benchmarks page of the documentation. Fresh splits each epoch let the model
-        see every molecule over many epochs, so it starts to fit the counts again after about 50 epochs (pbmc3k,
-        seed 0: 0.0503 after 30 epochs, 0.0502 after 40 and 50, 0.0505 after 70; pbmc68k 0.1050 after 40, 0.1056
-        after 50; baron_mouse 0.0627 after 40, 0.0626 after 50): the default trains 40 epochs. One fixed split for
-        all epochs scored 0.0518.
+        40 epochs the reconstruction objective scored 0.0502 on pbmc3k (the same), 0.1072 on pbmc68k (0.1050 with
+        molecules) and 0.0624 on baron_mouse (0.0627; seed 0); see the Benchmarks page of the documentation. Fresh
+        splits each epoch let the model see every molecule over many epochs, so it starts to fit the counts again
+        after about 50 epochs (pbmc3k, seed 0: 0.0503 after 30 epochs, 0.0502 after 40 and 50, 0.0505 after 70;
+        pbmc68k 0.1050 after 40, 0.1056 after 50; baron_mouse 0.0627 after 40, 0.0626 after 50): the default trains
+        40 epochs. One fixed split for all epochs scored 0.0518.
     ``alpha`` (``"auto"``)
         Weight of the reconstruction MSE; ``1 - alpha`` weighs the ZINB negative log-likelihood of the raw
         counts (the paper's text: ``α·L_recon + (1 − α)·L_ZINB``; both mean-reduced, so α means what it says).
