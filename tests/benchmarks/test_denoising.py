@@ -176,32 +176,15 @@ def test_peer_scale_for_the_denoising_task(mods, split):
     import peers
 
     X = split.layers["train_total"]
-    Y, info = peers.impute(
-        "alra",
-        X,
-        split.layers["mcv_train"],
-        task="denoising",
-        seed=0,
-        max_epochs=None,
-        library_size=1000.0,
-        target_sqrt=None,
-    )
+    common = {"seed": 0, "max_epochs": None, "target_sqrt": None}
+    Y, info = peers.impute("alra", X, split.layers["mcv_train"], task="denoising", library_size=1000.0, **common)
     assert Y.shape == X.shape and info["cpu_seconds"] >= 0
     # linear in, linear out: ALRA keeps the observed non-zeros' level (log1p -> ALRA -> expm1)
     Xd = X.toarray()
     nz = Xd > 0
     assert np.median(Y[nz] / Xd[nz]) == pytest.approx(1.0, rel=0.5)
     with pytest.raises(ValueError, match="unknown task"):
-        peers.impute(
-            "alra",
-            X,
-            split.layers["mcv_train"],
-            task="other",
-            seed=0,
-            max_epochs=None,
-            library_size=1.0,
-            target_sqrt=None,
-        )
+        peers.impute("alra", X, split.layers["mcv_train"], task="other", library_size=1.0, **common)
 
 
 def test_result_file_is_appended_and_resumed(mods, tmp_path, monkeypatch):
